@@ -1,0 +1,48 @@
+# ganforge: `make run` runs it, `make test` tests it. Both set themselves up.
+#
+#   TORCH=torch==2.13.0   the torch requirement installed into a new .venv (default: the CPU
+#                         build of 2.13.0, which pip takes from local wheels where present).
+#                         Set TORCH=skip to keep whatever torch the venv already has.
+#   TORCH_INDEX=URL       an extra pip --index-url for torch (e.g. a CPU or CUDA wheel index).
+#   PYTHON=python3        the interpreter that creates the venv.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+STAMP := $(VENV)/.ganforge-installed
+RUN_DIR ?= var/runs/default
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if $(PY) -c "import torch" >/dev/null 2>&1; then \
+	  echo "torch already in $(VENV): $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	elif [ "$(TORCH)" != "skip" ]; then \
+	  $(PY) -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+	fi
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/ganforge train examples/default.yaml --out $(RUN_DIR)
+	@echo "results: $(RUN_DIR) (metrics.jsonl, samples/, checkpoints/)"
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(PY) bench/speed.py
+	$(PY) bench/quality.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,119 @@
+"""`ganforge train` and `ganforge generate` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+GANFORGE = [sys.executable, "-m", "trainer.cli"]
+
+
+def ganforge(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env_threads = {"OMP_NUM_THREADS": "1"}
+    import os
+
+    return subprocess.run(
+        [*GANFORGE, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env_threads},
+    )
+
+
+def test_train_then_generate_the_default_spec(tmp_path):
+    (tmp_path / "spec.yaml").write_text("steps: 50\n")
+    done = ganforge("train", "spec.yaml", "--out", "run", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50]
+    for name in (
+        "loss/d",
+        "loss/g",
+        "d/real",
+        "d/fake",
+        "grad_norm/d",
+        "grad_norm/g",
+        "audit/leak_d",
+        "audit/leak_g",
+        "perf/steps_per_s",
+        "perf/samples_per_s",
+    ):
+        assert name in rows[-1]
+    assert {"eval/modes", "eval/hq"} <= rows[-1].keys()  # the final step is evaluated
+    png = run / "samples" / "step_000050.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt = run / "checkpoints" / "step_000050.safetensors"
+    assert ckpt.exists() and (run / "checkpoints" / "step_000050.json").exists()
+    assert json.loads((run / "spec.json").read_text())["steps"] == 50
+
+    made = ganforge("generate", str(ckpt), "--n", "300", "--out", "fresh.npy", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert np.load(tmp_path / "fresh.npy").shape == (300, 2)
+    made = ganforge("generate", str(ckpt), "--n", "300", "--out", "fresh.png", cwd=tmp_path)
+    assert made.returncode == 0 and (tmp_path / "fresh.png").read_bytes()[:4] == b"\x89PNG"
+
+    again = ganforge("train", "spec.yaml", "--out", "run", cwd=tmp_path)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_resume_from_the_cli_continues_the_run(tmp_path):
+    (tmp_path / "spec.yaml").write_text("steps: 20\nevery: {checkpoint: 10, samples: 0}\n")
+    assert (
+        ganforge("train", "spec.yaml", "--out", "a", "--no-progress", cwd=tmp_path).returncode == 0
+    )
+    ckpt = tmp_path / "a" / "checkpoints" / "step_000010.safetensors"
+    done = ganforge(
+        "train", "spec.yaml", "--out", "a", "--resume", str(ckpt), "--no-progress", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    steps = [
+        json.loads(x)["step"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [10, 20]
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ("accumulation: {steps: 3}\n", "accumulation.steps"),
+        ("schedule: {order: sideways}\n", "schedule.order"),
+        ("stepz: 10\n", "stepz"),
+    ],
+)
+def test_bad_spec_exits_2_with_one_line_naming_the_field(tmp_path, spec, field):
+    (tmp_path / "bad.yaml").write_text(spec)
+    done = ganforge("train", "bad.yaml", "--out", "run", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {field}: ")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_divergence_exits_1_naming_step_and_metric(tmp_path):
+    # Finite but enormous data overflows the discriminator's logits to inf.
+    np.save(tmp_path / "huge.npy", np.full((64, 2), 3e38, dtype=np.float32))
+    (tmp_path / "spec.yaml").write_text(
+        "steps: 30\ndata: {kind: array, path: huge.npy}\nevery: {metrics: 10}\n"
+    )
+    done = ganforge("train", "spec.yaml", "--out", "run", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "error: training diverged at step 10: loss/d" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_leaky_spec_prints_its_warning(tmp_path):
+    (tmp_path / "s.yaml").write_text(
+        "steps: 10\nschedule: {order: g_first, isolation: none, zero_grad: after}\n"
+    )
+    done = ganforge("train", "s.yaml", "--out", "run", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0
+    assert "warning: schedule: order=g_first, isolation=none, zero_grad=after leaks" in done.stderr
+    warnings = (tmp_path / "run" / "warnings.jsonl").read_text()
+    assert "audit: at step 1" in warnings or "audit: at step 2" in warnings

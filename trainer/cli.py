@@ -1,0 +1,167 @@
+"""`ganforge`: train a spec here (`train`), sample a checkpoint (`generate`).
+
+Exit status: 0 success; 2 an invalid spec, data or checkpoint (one line naming the field);
+1 a run that diverged (naming the step and metric); 130 interrupted (a checkpoint is kept).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="ganforge: GAN training with exact gradient accumulation and a gradient-leak audit.",
+)
+
+OUTPUTS = ("metrics.jsonl", "warnings.jsonl", "spec.json", "samples", "checkpoints")
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _prepare_out(out: Path, *, resume_step: int | None, overwrite: bool) -> None:
+    import shutil
+
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing and resume_step is None:
+        if not overwrite:
+            fail(
+                f"out: {out} already holds a run ({', '.join(existing)}); "
+                "pass --overwrite or choose another folder"
+            )
+        for name in existing:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if resume_step is not None and (out / "metrics.jsonl").exists():
+        # Rows logged after the checkpoint will be logged again by the resumed run.
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        kept = [ln for ln in lines if ln and json.loads(ln)["step"] <= resume_step]
+        (out / "metrics.jsonl").write_text("".join(ln + "\n" for ln in kept))
+    out.mkdir(parents=True, exist_ok=True)
+
+
+@app.command()
+def train(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="YAML or JSON job spec")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the run's outputs")],
+    resume: Annotated[
+        Path | None, typer.Option(help="continue from this checkpoint (.safetensors)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace a previous run in --out")] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Run the trainer on this machine, no service: outputs go to --out."""
+    from tqdm import tqdm
+
+    from trainer.checkpoint import CheckpointError, read_checkpoint
+    from trainer.data import DataError
+    from trainer.sinks import directory_sinks
+    from trainer.spec import SpecError, load_spec
+    from trainer.training import Trainer, TrainingDiverged
+
+    try:
+        spec = load_spec(spec_path)
+        trainer = Trainer(spec)
+        if resume is not None:
+            trainer.load(read_checkpoint(resume))
+    except (SpecError, DataError, CheckpointError, ValueError) as exc:
+        fail(str(exc))
+    for warning in spec.warnings():
+        typer.echo(f"warning: {warning}", err=True)
+    _prepare_out(out, resume_step=trainer.step if resume else None, overwrite=overwrite)
+    (out / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")
+
+    stop_requested = False
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        if stop_requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        stop_requested = True
+        typer.echo("\nstopping after this step (Ctrl-C again to abort)...", err=True)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    bar = tqdm(
+        total=spec.steps,
+        initial=trainer.step,
+        unit="step",
+        disable=not progress,
+        mininterval=0.5,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+
+    def show(step: int, values: dict[str, float] | None) -> None:
+        bar.update(step - bar.n)
+        if values:
+            bar.set_postfix(
+                {
+                    k.split("/")[-1] if k.startswith("loss/") else k: f"{v:.3g}"
+                    for k, v in values.items()
+                    if k in ("loss/d", "loss/g", "eval/modes", "eval/hq")
+                },
+                refresh=False,
+            )
+
+    started = time.perf_counter()
+    try:
+        result = trainer.run(
+            directory_sinks(out), should_stop=lambda: stop_requested, progress=show
+        )
+    except TrainingDiverged as exc:
+        bar.close()
+        fail(f"{exc} (metrics so far in {out / 'metrics.jsonl'})", code=1)
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, previous)
+    elapsed = time.perf_counter() - started
+    summary = ", ".join(
+        f"{k} {v:.3g}" for k, v in result.last_metrics.items() if k.startswith(("eval/", "loss/"))
+    )
+    if result.status == "stopped":
+        typer.echo(
+            f"stopped at step {result.step}; resume with --resume "
+            f"{out / 'checkpoints'}/step_{result.step:06d}.safetensors",
+            err=True,
+        )
+        raise typer.Exit(130)
+    typer.echo(f"done: {result.step} steps in {elapsed:.1f} s ({summary})")
+    typer.echo(f"results: {out} (spec.json, metrics.jsonl, samples/, checkpoints/)")
+
+
+@app.command()
+def generate(
+    checkpoint: Annotated[Path, typer.Argument(help="a checkpoint (.safetensors or .json)")],
+    out: Annotated[Path, typer.Option("--out", help="FILE.png (grid/scatter) or FILE.npy")],
+    n: Annotated[int, typer.Option("--n", help="how many samples")] = 64,
+    seed: Annotated[int, typer.Option(help="noise seed")] = 0,
+) -> None:
+    """Fresh samples from a checkpoint's generator (its EMA weights when present)."""
+    from trainer.checkpoint import CheckpointError, read_checkpoint
+    from trainer.generate import write_generated
+
+    try:
+        ckpt = read_checkpoint(checkpoint)
+        shape = write_generated(ckpt, out, n, seed=seed)
+    except (CheckpointError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {out} ({'x'.join(map(str, shape))} from step {ckpt.step})")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""The step engine: one generator optimizer step and its discriminator steps (DESIGN.md s. 3).
+
+One optimizer step of network N with accumulation k is a *cycle*:
+
+    [zero_grad(N) if zero_grad == before]
+    for i in 1..k: loss_i = loss_N(micro-batch i); backward(loss_i / k)
+    [grad /= k if normalize == grad]
+    opt_N.step()
+    [zero_grad(N) if zero_grad == after]
+
+`d_first` runs d_steps D cycles then one G cycle, `g_first` the reverse; `simultaneous`
+runs d_steps - 1 D cycles and then one joint cycle in which one forward per micro-batch
+feeds both losses and each network takes the gradient of its own loss only.
+The effective batch of a cycle (real data, noise, penalty mixing weights) is drawn once from
+the engine's generator and split into micro-batches, so accumulation is exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from trainer import losses
+from trainer.audit import LeakAudit, total_norm
+from trainer.data import Dataset
+from trainer.models import has_spectral_norm, refresh_spectral_norm
+from trainer.spec import TrainSpec
+
+NETWORKS = ("d", "g")
+
+
+@dataclass
+class CycleBatch:
+    """One cycle's effective batch, split into micro-batches along dim 0."""
+
+    noise: torch.Tensor
+    real: torch.Tensor | None = None
+    mix: torch.Tensor | None = None
+
+    def split(self, k: int) -> Iterator[CycleBatch]:
+        parts = [
+            t.chunk(k) if t is not None else [None] * k for t in (self.noise, self.real, self.mix)
+        ]
+        for noise, real, mix in zip(*parts, strict=True):
+            yield CycleBatch(noise, real, mix)
+
+
+@dataclass
+class StepStats:
+    """What one step measured; tensors stay on the device until the loop asks for numbers."""
+
+    values: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    leak: dict[str, float] = field(default_factory=lambda: {"d": 0.0, "g": 0.0})
+
+    def numbers(self) -> dict[str, float]:
+        out = {k: float(v) for k, v in self.values.items()}
+        out["audit/leak_d"] = self.leak["d"]
+        out["audit/leak_g"] = self.leak["g"]
+        return out
+
+
+class StepEngine:
+    """Owns the networks, optimizers, scalers and the RNG; `step()` runs one G step."""
+
+    def __init__(
+        self,
+        spec: TrainSpec,
+        *,
+        dataset: Dataset,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        opt_g: torch.optim.Optimizer,
+        opt_d: torch.optim.Optimizer,
+        device: torch.device,
+        dtype: torch.dtype,
+        rng: torch.Generator,
+    ):
+        self.spec = spec
+        self.dataset = dataset
+        self.generator = generator
+        self.discriminator = discriminator
+        self.device = device
+        self.dtype = dtype
+        self.rng = rng
+        self.opt = {"d": opt_d, "g": opt_g}
+        self.params = {
+            "d": [p for p in discriminator.parameters() if p.requires_grad],
+            "g": [p for p in generator.parameters() if p.requires_grad],
+        }
+        self.scaler: dict[str, torch.amp.GradScaler | None] = {"d": None, "g": None}
+        if spec.precision == "fp16":
+            # One scaler per optimizer: each network's loss scale tracks its own overflows.
+            self.scaler = {n: torch.amp.GradScaler(device.type) for n in NETWORKS}
+        self.audit = LeakAudit(self.params)
+        s = spec.schedule
+        self.k = spec.accumulation.steps
+        self.isolation = s.isolation
+        # In the joint cycle there is no separate G backward to freeze D for; "freeze" there
+        # means the same as "autograd": each network asks for its own parameters' gradients.
+        self._own_grads_only = s.isolation == "autograd" or (
+            s.order == "simultaneous" and s.isolation == "freeze"
+        )
+        self._has_spectral = has_spectral_norm(discriminator)
+        # Largest leak per network over this step's cycles (d_steps D cycles may differ).
+        self.step_leak = {"d": 0.0, "g": 0.0}
+
+    # ---- pieces of a cycle -------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.spec.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.spec.precision == "fp16":
+            return torch.autocast(self.device.type, dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _draw(self, *, real: bool) -> CycleBatch:
+        n = self.spec.batch_size
+        noise = torch.randn(n, self.spec.model.latent_dim, generator=self.rng, dtype=self.dtype)
+        batch = CycleBatch(noise.to(self.device))
+        if real:
+            batch.real = self.dataset.sample(n, self.rng)
+            if self.spec.loss.penalty == "wgan_gp":
+                batch.mix = torch.rand(n, generator=self.rng, dtype=self.dtype).to(self.device)
+        return batch
+
+    def _zero(self, net: str) -> None:
+        self.opt[net].zero_grad(set_to_none=True)
+        self.audit.reset(net)
+
+    def _backward(self, loss: torch.Tensor, net: str, *, retain: bool = False) -> None:
+        scaler = self.scaler[net]
+        if scaler is not None:
+            loss = scaler.scale(loss)
+        if self.k > 1 and self.spec.accumulation.normalize == "loss":
+            loss = loss / self.k
+        with self.audit.backward_of(net):
+            if not self._own_grads_only:
+                loss.backward(retain_graph=retain)
+                return
+            params = self.params[net]
+            grads = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
+            for p, g in zip(params, grads, strict=True):
+                if g is None:
+                    continue
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad.add_(g)
+
+    def _step(self, net: str, stats: StepStats | None) -> None:
+        """The end of a cycle: audit, normalize, step, maybe zero."""
+        self.step_leak[net] = max(self.step_leak[net], self.audit.leak(net))
+        params = self.params[net]
+        if self.k > 1 and self.spec.accumulation.normalize == "grad":
+            grads = [p.grad for p in params if p.grad is not None]
+            torch._foreach_div_(grads, float(self.k))
+        scaler = self.scaler[net]
+        if stats is not None:
+            if scaler is not None:
+                scaler.unscale_(self.opt[net])
+            stats.values[f"grad_norm/{net}"] = total_norm(params)
+        if scaler is not None:
+            scaler.step(self.opt[net])
+            scaler.update()
+        else:
+            self.opt[net].step()
+        if self.spec.schedule.zero_grad == "after":
+            self._zero(net)
+
+    @contextlib.contextmanager
+    def _frozen(self, module: nn.Module, enabled: bool) -> Iterator[None]:
+        if not enabled:
+            yield
+            return
+        params = self.params["d"] if module is self.discriminator else self.params["g"]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    def _d_loss(
+        self, mb: CycleBatch, fake: torch.Tensor, stats: StepStats | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's loss (with penalty) and the fake logits of one micro-batch."""
+        assert mb.real is not None
+        real_logits = self.discriminator(mb.real)
+        fake_logits = self.discriminator(fake)
+        adv = losses.d_loss(self.spec.loss.kind, real_logits, fake_logits)
+        # Penalties run outside autocast: double backward in fp16 is fragile and cheap in fp32.
+        with torch.autocast(self.device.type, enabled=False):
+            pen = losses.penalty(
+                self.spec.loss,
+                self.discriminator,
+                real=mb.real,
+                fake=fake.to(self.dtype),
+                mix=mb.mix,
+            )
+        if stats is not None:
+            self._add(stats, "loss/d", adv)
+            self._add(stats, "d/real", real_logits.mean())
+            self._add(stats, "d/fake", fake_logits.mean())
+            if pen is not None:
+                self._add(stats, "loss/penalty", pen)
+        return (adv if pen is None else adv + pen), fake_logits
+
+    def _add(self, stats: StepStats, name: str, value: torch.Tensor) -> None:
+        # Mean over the cycle's micro-batches; the last cycle of each network wins.
+        v = value.detach().float() / self.k
+        stats.values[name] = stats.values[name] + v if name in stats.values else v
+
+    # ---- cycles ----------------------------------------------------------------------
+
+    def _d_cycle(self, stats: StepStats | None) -> None:
+        if self.spec.schedule.zero_grad == "before":
+            self._zero("d")
+        if self._has_spectral:
+            refresh_spectral_norm(self.discriminator)
+        batch = self._draw(real=True)
+        if stats is not None:
+            for name in ("loss/d", "d/real", "d/fake", "loss/penalty"):
+                stats.values.pop(name, None)
+        detach = self.isolation != "none"
+        for mb in batch.split(self.k):
+            with self._autocast():
+                if detach:
+                    with torch.no_grad():
+                        fake = self.generator(mb.noise)
+                else:
+                    fake = self.generator(mb.noise)
+                loss, _ = self._d_loss(mb, fake, stats)
+            self._backward(loss, "d")
+        self._step("d", stats)
+
+    def _g_cycle(self, stats: StepStats | None) -> None:
+        if self.spec.schedule.zero_grad == "before":
+            self._zero("g")
+        batch = self._draw(real=False)
+        freeze = self.isolation == "freeze"
+        for mb in batch.split(self.k):
+            with self._frozen(self.discriminator, freeze):
+                with self._autocast():
+                    fake_logits = self.discriminator(self.generator(mb.noise))
+                    loss = losses.g_loss(self.spec.loss.kind, fake_logits)
+                self._backward(loss, "g")
+            if stats is not None:
+                self._add(stats, "loss/g", loss)
+        self._step("g", stats)
+
+    def _joint_cycle(self, stats: StepStats | None) -> None:
+        if self.spec.schedule.zero_grad == "before":
+            self._zero("d")
+            self._zero("g")
+        if self._has_spectral:
+            refresh_spectral_norm(self.discriminator)
+        batch = self._draw(real=True)
+        for mb in batch.split(self.k):
+            with self._autocast():
+                fake = self.generator(mb.noise)  # one G forward feeds both losses
+                loss_d, fake_logits = self._d_loss(mb, fake, stats)
+                loss_g = losses.g_loss(self.spec.loss.kind, fake_logits)
+            self._backward(loss_d, "d", retain=True)
+            self._backward(loss_g, "g")
+            if stats is not None:
+                self._add(stats, "loss/g", loss_g)
+        self._step("d", stats)
+        self._step("g", stats)
+
+    def step(self, *, record: bool = False) -> StepStats | None:
+        """One generator optimizer step with its discriminator steps; stats when `record`."""
+        stats = StepStats() if record else None
+        s = self.spec.schedule
+        self.step_leak = {"d": 0.0, "g": 0.0}
+        if s.order == "d_first":
+            for _ in range(s.d_steps):
+                self._d_cycle(stats)
+            self._g_cycle(stats)
+        elif s.order == "g_first":
+            self._g_cycle(stats)
+            for _ in range(s.d_steps):
+                self._d_cycle(stats)
+        else:
+            for _ in range(s.d_steps - 1):
+                self._d_cycle(stats)
+            self._joint_cycle(stats)
+        if stats is not None:
+            stats.leak = dict(self.step_leak)
+        return stats

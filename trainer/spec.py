@@ -1,0 +1,254 @@
+"""The job spec: the one definition of a job's settings (DESIGN.md section 2).
+
+`TrainSpec` is frozen and forbids unknown fields; every field has a default, so `{}` is a
+valid spec that trains an 8-Gaussian ring. `spec_errors` turns a pydantic error into
+one-line messages that name the field path; `TrainSpec.warnings()` lists settings that are
+legal but harmful.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainer.leaks import leaking_networks
+
+Order = Literal["d_first", "g_first", "simultaneous"]
+ZeroGrad = Literal["before", "after"]
+Isolation = Literal["freeze", "autograd", "none"]
+Normalize = Literal["loss", "grad", "none"]
+Precision = Literal["fp32", "fp64", "bf16", "fp16"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+# 0 switches a periodic action off.
+Interval = Annotated[int, Field(ge=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Accumulation(_Section):
+    steps: int = Field(1, ge=1, le=1024, description="micro-batches per optimizer step")
+    normalize: Normalize = "loss"
+
+
+class Schedule(_Section):
+    order: Order = "d_first"
+    d_steps: int = Field(1, ge=1, le=100, description="D optimizer steps per G step")
+    zero_grad: ZeroGrad = "before"
+    isolation: Isolation = "freeze"
+
+
+class Data(_Section):
+    kind: Literal["ring", "grid", "digits", "array"] = "ring"
+    # ring
+    modes: int = Field(8, ge=1, le=1000)
+    radius: float = Field(1.0, gt=0)
+    # grid: size x size centres spaced `spacing` apart, centred on 0
+    size: int = Field(5, ge=1, le=100)
+    spacing: float = Field(2.0, gt=0)
+    # ring and grid; None means the benchmark value (ring 0.01, grid 0.05)
+    std: float | None = Field(None, gt=0)
+    # array: an uploaded dataset (service) or a local .npy/.npz file (CLI)
+    dataset_id: str | None = Field(None, min_length=1, max_length=200)
+    path: str | None = Field(None, min_length=1)
+
+    @property
+    def mixture_std(self) -> float:
+        if self.std is not None:
+            return self.std
+        return 0.05 if self.kind == "grid" else 0.01
+
+    @model_validator(mode="after")
+    def _array_source(self) -> Data:
+        given = [name for name in ("dataset_id", "path") if getattr(self, name) is not None]
+        if self.kind == "array" and len(given) != 1:
+            raise ValueError("data.dataset_id: kind=array needs exactly one of dataset_id or path")
+        if self.kind != "array" and given:
+            raise ValueError(f"data.{given[0]}: only used with kind=array, not kind={self.kind}")
+        return self
+
+
+class Model(_Section):
+    kind: Literal["mlp", "conv"] = "mlp"
+    latent_dim: int = Field(64, ge=1, le=4096)
+    width: int = Field(256, ge=1, le=8192)
+    depth: int = Field(3, ge=1, le=32)
+    d_norm: Literal["none", "spectral", "layer", "batch"] = "none"
+    g_norm: Literal["none", "batch"] = "none"
+
+
+class Loss(_Section):
+    kind: Literal["bce", "hinge", "wasserstein"] = "bce"
+    penalty: Literal["none", "wgan_gp", "r1"] = "none"
+    penalty_weight: float = Field(10.0, ge=0, le=1e6)
+
+
+class Optimizer(_Section):
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: float = Field(1e-4, gt=0, le=10)
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"each beta must be in [0, 1), got {list(betas)}")
+        return betas
+
+
+class Optim(_Section):
+    g: Optimizer = Optimizer()
+    d: Optimizer = Optimizer()
+
+
+class Every(_Section):
+    metrics: PositiveInt = 10
+    samples: Interval = 200
+    checkpoint: Interval = 500
+    eval: Interval = 500
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class TrainSpec(_Section):
+    """A whole job. `TrainSpec()` is the default recipe."""
+
+    name: str | None = Field(None, max_length=200)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    steps: int = Field(2000, ge=1, le=10_000_000, description="generator optimizer steps")
+    batch_size: int = Field(256, ge=1, le=1_000_000, description="effective batch per step")
+    accumulation: Accumulation = Accumulation()
+    schedule: Schedule = Schedule()
+    data: Data = Data()
+    model: Model = Model()
+    loss: Loss = Loss()
+    optim: Optim = Optim()
+    precision: Precision = "fp32"
+    ema: float = Field(0.0, ge=0, lt=1, description="generator EMA decay; 0 = off")
+    every: Every = Every()
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, device: str) -> str:
+        if not _DEVICE.match(device):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {device!r}")
+        return device
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> TrainSpec:
+        k = self.accumulation.steps
+        if self.batch_size % k:
+            raise ValueError(f"accumulation.steps: must divide batch_size={self.batch_size}")
+        micro = self.batch_size // k
+        if micro < 2 and "batch" in (self.model.d_norm, self.model.g_norm):
+            field = "d_norm" if self.model.d_norm == "batch" else "g_norm"
+            raise ValueError(
+                f"model.{field}: batch norm needs micro-batches of at least 2, "
+                f"got batch_size/accumulation.steps={micro}"
+            )
+        if self.model.kind == "conv" and self.data.kind in ("ring", "grid"):
+            raise ValueError(
+                f"model.kind: conv needs image data, data.kind={self.data.kind} is 2-D"
+            )
+        return self
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // self.accumulation.steps
+
+    def warnings(self) -> list[str]:
+        """Settings that are legal but known to be harmful, one sentence each."""
+        out: list[str] = []
+        s = self.schedule
+        leaks = leaking_networks(order=s.order, isolation=s.isolation, zero_grad=s.zero_grad)
+        if leaks:
+            nets = " and ".join({"d": "D", "g": "G"}[n] for n in leaks)
+            out.append(
+                f"schedule: order={s.order}, isolation={s.isolation}, zero_grad={s.zero_grad} "
+                f"leaks gradient: {nets}'s optimizer steps on gradient from the other network's "
+                "loss (the audit reports it as audit/leak_d, audit/leak_g)"
+            )
+        if self.accumulation.steps > 1 and "batch" in (self.model.d_norm, self.model.g_norm):
+            out.append(
+                "model: batch norm sees micro-batches, not the effective batch, so "
+                f"accumulation.steps={self.accumulation.steps} is not equivalent to one big batch"
+            )
+        if self.accumulation.steps > 1 and self.accumulation.normalize == "none":
+            out.append(
+                "accumulation.normalize: none sums the micro-batch gradients, so each step is "
+                f"{self.accumulation.steps}x larger than with one batch of the same size"
+            )
+        if (
+            self.loss.kind == "wasserstein"
+            and self.loss.penalty == "none"
+            and self.model.d_norm != "spectral"
+        ):
+            out.append(
+                "loss: wasserstein with no penalty and no spectral norm leaves the critic "
+                "unbounded; add loss.penalty: wgan_gp or model.d_norm: spectral"
+            )
+        return out
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def spec_errors(exc: ValidationError) -> list[str]:
+    """One line per problem, each naming the field path: `accumulation.steps: must divide ...`."""
+    lines = []
+    for err in exc.errors():
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        path = _field_path(tuple(err["loc"]))
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        # Cross-field checks already start with the full path of the field they blame.
+        blames_own_field = path and msg.startswith((f"{path}.", f"{path}:"))
+        lines.append(msg if not path or blames_own_field else f"{path}: {msg}")
+    return lines
+
+
+class SpecError(ValueError):
+    """An invalid spec; `str()` is one line naming the field(s) and the reason."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def parse_spec(raw: Any) -> TrainSpec:
+    """Validate a decoded spec (a dict); raise SpecError with one-line messages."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError([f"spec: must be a mapping of fields, got {type(raw).__name__}"])
+    try:
+        return TrainSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(spec_errors(exc)) from None
+
+
+def load_spec(path: str | Path) -> TrainSpec:
+    """Read a YAML or JSON spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError([f"spec: cannot read {path}: {exc.strerror}"]) from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpecError([f"spec: {path} is not valid YAML/JSON: {first}"]) from None
+    return parse_spec(raw)
