@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/ganforge train examples/default.yaml --out $(RUN_DIR)
+	$(VENV)/bin/ganforge train examples/default.yaml --out $(RUN_DIR) --overwrite
 	@echo "results: $(RUN_DIR) (metrics.jsonl, samples/, checkpoints/)"
 
 test: setup

@@ -1,1 +1,4 @@
-"""The FastAPI service (REST API, dashboard, ORM models, artifact store): arrives with the job-service issue."""
+"""The FastAPI service: REST API, dashboard, ORM models, artifact store.
+
+Arrives with the job-service issue; see ../shared/DESIGN.md.
+"""
