@@ -215,6 +215,12 @@ class StepEngine:
         v = value.detach().float() / self.k
         stats.values[name] = stats.values[name] + v if name in stats.values else v
 
+    def _forget_d_stats(self, stats: StepStats | None) -> None:
+        # With d_steps > 1 the numbers of the step's last D cycle are the ones reported.
+        if stats is not None:
+            for name in ("loss/d", "d/real", "d/fake", "loss/penalty"):
+                stats.values.pop(name, None)
+
     # ---- cycles ----------------------------------------------------------------------
 
     def _d_cycle(self, stats: StepStats | None) -> None:
@@ -223,9 +229,7 @@ class StepEngine:
         if self._has_spectral:
             refresh_spectral_norm(self.discriminator)
         batch = self._draw(real=True)
-        if stats is not None:
-            for name in ("loss/d", "d/real", "d/fake", "loss/penalty"):
-                stats.values.pop(name, None)
+        self._forget_d_stats(stats)
         detach = self.isolation != "none"
         for mb in batch.split(self.k):
             with self._autocast():
@@ -260,6 +264,7 @@ class StepEngine:
         if self._has_spectral:
             refresh_spectral_norm(self.discriminator)
         batch = self._draw(real=True)
+        self._forget_d_stats(stats)
         for mb in batch.split(self.k):
             with self._autocast():
                 fake = self.generator(mb.noise)  # one G forward feeds both losses

@@ -96,6 +96,8 @@ class Optimizer(_Section):
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.0, ge=0, lt=1)
+    # Learning-rate decay over the run's generator steps: none, or linear / cosine to 0.
+    decay: Literal["none", "linear", "cosine"] = "none"
 
     @field_validator("betas")
     @classmethod

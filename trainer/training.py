@@ -68,6 +68,16 @@ def build_optimizer(cfg: Optimizer, params: list[nn.Parameter]) -> torch.optim.O
     )
 
 
+def decayed_lr(cfg: Optimizer, step: int, steps: int) -> float:
+    """The learning rate of generator step `step` (1-based) of `steps` under `cfg.decay`."""
+    done = (step - 1) / steps  # 0 on the first step, just under 1 on the last
+    if cfg.decay == "linear":
+        return cfg.lr * (1.0 - done)
+    if cfg.decay == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * done))
+    return cfg.lr
+
+
 class Trainer:
     """One run: networks, optimizers, EMA, RNG and the step engine, built from a spec."""
 
@@ -216,6 +226,10 @@ class Trainer:
                 break
             step = self.step + 1
             record = step % every.metrics == 0 or step == spec.steps
+            for opt, cfg in ((self.opt_g, spec.optim.g), (self.opt_d, spec.optim.d)):
+                if cfg.decay != "none":
+                    for group in opt.param_groups:
+                        group["lr"] = decayed_lr(cfg, step, spec.steps)
             stats = self.engine.step(record=record)
             if self.ema is not None:
                 self.ema.update_parameters(self.generator)

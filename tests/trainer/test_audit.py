@@ -103,3 +103,11 @@ def test_leak_value_is_the_foreign_norm_over_the_own_norm():
     assert stats is not None
     assert stats.leak["d"] == pytest.approx(expected, rel=1e-9)
     assert expected > 0
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_reported_d_numbers_are_those_of_the_last_d_cycle(order):
+    # Three D cycles per step must not add up: loss/d stays in the range of one cycle's loss.
+    _, sinks = run(tiny_spec(steps=3, schedule={"order": order, "d_steps": 3}))
+    for _, row in sinks.metrics.rows:
+        assert 0 < row["loss/d"] < 2.5  # bce D loss near log(4) = 1.39, never 3x it

@@ -105,3 +105,22 @@ def test_stop_callback_stops_and_checkpoints():
     result = trainer.run(sinks, should_stop=lambda: trainer.step >= 7)
     assert result.status == "stopped" and result.step == 7
     assert list(sinks.checkpoints.saved) == [7]
+
+
+def test_resume_is_exact_with_learning_rate_decay():
+    spec = tiny_spec(
+        steps=30,
+        optim={"g": {"decay": "cosine"}, "d": {"decay": "linear"}},
+        every={"checkpoint": 10},
+    )
+    straight = Trainer(spec, evaluate=False)
+    straight.run(memory_sinks())
+    first = Trainer(spec, evaluate=False)
+    sinks = memory_sinks()
+    first.run(sinks, should_stop=lambda: first.step >= 10)
+    resumed = Trainer(spec, evaluate=False)
+    resumed.load(sinks.checkpoints.saved[10])
+    resumed.run(memory_sinks())
+    a, b = _state(straight), _state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert straight.opt_g.param_groups[0]["lr"] < 1e-5  # cosine is near 0 at the end

@@ -117,3 +117,21 @@ def test_leaky_spec_prints_its_warning(tmp_path):
     assert "warning: schedule: order=g_first, isolation=none, zero_grad=after leaks" in done.stderr
     warnings = (tmp_path / "run" / "warnings.jsonl").read_text()
     assert "audit: at step 1" in warnings or "audit: at step 2" in warnings
+
+
+def test_generate_images_from_a_digits_checkpoint(tmp_path):
+    (tmp_path / "digits.yaml").write_text(
+        "steps: 3\nbatch_size: 16\ndata: {kind: digits}\nema: 0.5\n"
+        "model: {kind: conv, width: 32, latent_dim: 16}\nevery: {eval: 0}\n"
+    )
+    done = ganforge("train", "digits.yaml", "--out", "d", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    ckpt = tmp_path / "d" / "checkpoints" / "step_000003.safetensors"
+    made = ganforge("generate", str(ckpt), "--n", "10", "--out", "x.npy", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    images = np.load(tmp_path / "x.npy")
+    assert images.shape == (10, 1, 8, 8) and np.abs(images).max() <= 1.0
+    bad = ganforge("generate", str(ckpt), "--out", "x.gif", cwd=tmp_path)
+    assert bad.returncode == 2 and "out: must end in .png or .npy" in bad.stderr
+    missing = ganforge("generate", "nope.safetensors", "--out", "x.npy", cwd=tmp_path)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr

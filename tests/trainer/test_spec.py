@@ -98,3 +98,16 @@ def test_load_spec_reads_yaml_and_json_and_reports_bad_files(tmp_path):
         load_spec(tmp_path / "d.yaml")
     with pytest.raises(SpecError, match="cannot read"):
         load_spec(tmp_path / "missing.yaml")
+
+
+def test_learning_rate_decay_schedules():
+    from trainer.spec import Optimizer
+    from trainer.training import decayed_lr
+
+    linear = Optimizer(lr=1.0, decay="linear")
+    assert decayed_lr(linear, 1, 100) == 1.0
+    assert decayed_lr(linear, 51, 100) == pytest.approx(0.5)
+    cosine = Optimizer(lr=1.0, decay="cosine")
+    assert decayed_lr(cosine, 51, 100) == pytest.approx(0.5)
+    assert 0 < decayed_lr(cosine, 100, 100) < 1e-3
+    assert decayed_lr(Optimizer(lr=0.3), 77, 100) == 0.3
