@@ -172,11 +172,12 @@ class StepEngine:
             self._zero(net)
 
     @contextlib.contextmanager
-    def _frozen(self, module: nn.Module, enabled: bool) -> Iterator[None]:
+    def _d_frozen(self, enabled: bool) -> Iterator[None]:
+        """D's parameters stop requiring grad: G's backward computes no D weight gradient."""
         if not enabled:
             yield
             return
-        params = self.params["d"] if module is self.discriminator else self.params["g"]
+        params = self.params["d"]
         for p in params:
             p.requires_grad_(False)
         try:
@@ -248,7 +249,7 @@ class StepEngine:
         batch = self._draw(real=False)
         freeze = self.isolation == "freeze"
         for mb in batch.split(self.k):
-            with self._frozen(self.discriminator, freeze):
+            with self._d_frozen(freeze):
                 with self._autocast():
                     fake_logits = self.discriminator(self.generator(mb.noise))
                     loss = losses.g_loss(self.spec.loss.kind, fake_logits)

@@ -53,12 +53,12 @@ def penalty(
     r1: ||grad_x D(x_real)||^2 / 2 (Mescheder 2018). `mix` (one number per example, in
     [0, 1)) is drawn with the batch so accumulation sees the same draws as one big batch.
     """
-    if cfg.penalty == "none" or cfg.penalty_weight == 0:
+    if cfg.penalty == "none" or cfg.weight == 0:
         return None
     if cfg.penalty == "wgan_gp":
         shape = (-1,) + (1,) * (real.dim() - 1)
         x_hat = mix.view(shape) * real + (1 - mix.view(shape)) * fake.detach()
         grad = _input_grad(discriminator, x_hat)
-        return cfg.penalty_weight * ((grad.norm(dim=1) - 1) ** 2).mean()
+        return cfg.weight * ((grad.norm(dim=1) - 1) ** 2).mean()
     grad = _input_grad(discriminator, real)
-    return cfg.penalty_weight * 0.5 * grad.pow(2).sum(dim=1).mean()
+    return cfg.weight * 0.5 * grad.pow(2).sum(dim=1).mean()

@@ -12,6 +12,7 @@ from trainer.training import Trainer
 
 TINY: dict[str, Any] = {
     "steps": 20,
+    "ema": 0.0,
     "batch_size": 32,
     "model": {"latent_dim": 8, "width": 32, "depth": 2},
     "optim": {"g": {"lr": 1e-3}, "d": {"lr": 1e-3}},
