@@ -1,7 +1,16 @@
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
 # The networks in tests are tiny: one intra-op thread is several times faster than two
 # (and does not fight other processes on a 2-core machine).
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # The digits classifier cache goes to a scratch folder, not the user's ~/.cache.
+    os.environ.setdefault("GANFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("ganforge-cache")))

@@ -135,3 +135,27 @@ def test_generate_images_from_a_digits_checkpoint(tmp_path):
     assert bad.returncode == 2 and "out: must end in .png or .npy" in bad.stderr
     missing = ganforge("generate", "nope.safetensors", "--out", "x.npy", cwd=tmp_path)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_ctrl_c_checkpoints_and_exits_130(tmp_path):
+    import os
+    import signal
+    import time
+
+    (tmp_path / "long.yaml").write_text("steps: 100000\nevery: {metrics: 10, samples: 0}\n")
+    proc = subprocess.Popen(
+        [*GANFORGE, "train", "long.yaml", "--out", "run", "--no-progress"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    saved = sorted((tmp_path / "run" / "checkpoints").glob("step_*.safetensors"))
+    assert len(saved) == 1 and f"--resume {saved[0].relative_to(tmp_path)}" in stderr
