@@ -111,3 +111,14 @@ def test_learning_rate_decay_schedules():
     assert decayed_lr(cosine, 51, 100) == pytest.approx(0.5)
     assert 0 < decayed_lr(cosine, 100, 100) < 1e-3
     assert decayed_lr(Optimizer(lr=0.3, decay="none"), 77, 100) == 0.3
+
+
+def test_example_specs_are_valid():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+    assert len(examples) >= 4
+    broken = load_spec(Path(__file__).parents[2] / "examples" / "seed-broken.yaml")
+    assert any("leaks gradient" in w for w in broken.warnings())
+    for path in examples:
+        load_spec(path)
