@@ -58,9 +58,6 @@ class LeakAudit:
         """The network's `.grad` was zeroed: whatever foreign gradient it held is gone."""
         self._foreign[network].clear()
 
-    def has_foreign(self, network: str) -> bool:
-        return bool(self._foreign[network])
-
     def leak(self, network: str) -> float:
         """||foreign|| / ||own|| of the network's current `.grad` (0.0 when nothing leaked)."""
         buf = self._foreign[network]

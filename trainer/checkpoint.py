@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ class CheckpointRecord:
     sha256: str
     size: int
     path: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _contiguous_cpu(t: torch.Tensor) -> torch.Tensor:
