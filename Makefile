@@ -34,6 +34,7 @@ run: setup
 
 test: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy app worker
 	$(PY) -m pytest
 
 lint: setup

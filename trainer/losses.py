@@ -45,7 +45,7 @@ def penalty(
     *,
     real: torch.Tensor,
     fake: torch.Tensor,
-    mix: torch.Tensor,
+    mix: torch.Tensor | None,
 ) -> torch.Tensor | None:
     """The weighted gradient penalty of one micro-batch, or None.
 
@@ -56,6 +56,7 @@ def penalty(
     if cfg.penalty == "none" or cfg.weight == 0:
         return None
     if cfg.penalty == "wgan_gp":
+        assert mix is not None, "wgan_gp needs the mixing weights drawn with the batch"
         shape = (-1,) + (1,) * (real.dim() - 1)
         x_hat = mix.view(shape) * real + (1 - mix.view(shape)) * fake.detach()
         grad = _input_grad(discriminator, x_hat)

@@ -1,0 +1,102 @@
+"""Migrations: `upgrade head` on empty SQLite and PostgreSQL; autogenerate finds no diff."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from app.db import make_engine, upgrade
+from app.models import Base
+from tests.services import POSTGRES_URL, require_server
+
+TABLES = {"job", "metric_point", "sample", "checkpoint", "dataset", "alembic_version"}
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    name = f"ganforge_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - any connection failure means no server
+        admin.dispose()
+        require_server("PostgreSQL", exc)
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _assert_schema_matches_models(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        assert TABLES <= set(inspect(engine).get_table_names())
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            diff = compare_metadata(context, Base.metadata)
+        assert diff == [], diff
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_head_on_empty_sqlite_matches_the_models(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ganforge.db'}"
+    upgrade(url)
+    _assert_schema_matches_models(url)
+    upgrade(url)  # a second upgrade is a no-op
+
+
+def test_upgrade_head_on_empty_postgres_matches_the_models(postgres_url):
+    upgrade(postgres_url)
+    _assert_schema_matches_models(postgres_url)
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    engine.dispose()
+
+
+def test_ganforge_db_upgrade_uses_the_configured_database(tmp_path, postgres_url):
+    for url in (f"sqlite:///{tmp_path / 'cli.db'}", postgres_url):
+        done = subprocess.run(
+            [sys.executable, "-m", "app.cli", "db", "upgrade"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "GANFORGE_DATABASE_URL": url},
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "database at revision head" in done.stdout
+        _assert_schema_matches_models(url)
+
+
+def test_ganforge_db_upgrade_reports_an_unreachable_database(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "GANFORGE_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none",
+        },
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: database: ") and "Traceback" not in done.stderr
