@@ -1,8 +1,8 @@
-"""jobs, metrics, samples, checkpoints, datasets
+"""initial schema
 
-Revision ID: d7ada367a053
+Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 11:01:26.642509
+Create Date: 2026-11-28 11:09:32.932868
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "d7ada367a053"
+revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -39,7 +39,6 @@ def upgrade() -> None:
         sa.Column("steps", sa.Integer(), nullable=False),
         sa.Column("spec", sa.JSON(), nullable=False),
         sa.Column("warnings", sa.JSON(), nullable=False),
-        sa.Column("tags", sa.JSON(), nullable=False),
         sa.Column("priority", sa.Integer(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("attempt", sa.Integer(), nullable=False),
@@ -78,6 +77,19 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_checkpoint_job_id"), ["job_id"], unique=False)
 
     op.create_table(
+        "job_tag",
+        sa.Column("job_id", sa.String(length=32), nullable=False),
+        sa.Column("tag", sa.String(length=50), nullable=False),
+        sa.Column("position", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["job.id"], name=op.f("fk_job_tag_job_id_job"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("job_id", "tag", name=op.f("pk_job_tag")),
+    )
+    with op.batch_alter_table("job_tag", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_job_tag_tag"), ["tag"], unique=False)
+
+    op.create_table(
         "metric_point",
         sa.Column("job_id", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=100), nullable=False),
@@ -114,6 +126,10 @@ def downgrade() -> None:
 
     op.drop_table("sample")
     op.drop_table("metric_point")
+    with op.batch_alter_table("job_tag", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_job_tag_tag"))
+
+    op.drop_table("job_tag")
     with op.batch_alter_table("checkpoint", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_checkpoint_job_id"))
 

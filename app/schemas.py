@@ -1,0 +1,62 @@
+"""Request and response bodies of the REST API. The job spec is trainer.spec.TrainSpec itself."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from trainer.spec import TrainSpec
+
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[\w.:/-]+$")]
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    spec: TrainSpec
+    name: str | None = Field(None, max_length=200)
+    tags: list[Tag] = Field(default_factory=list, max_length=20)
+    priority: int = Field(0, ge=-100, le=100)
+
+    @field_validator("tags")
+    @classmethod
+    def _unique(cls, tags: list[str]) -> list[str]:
+        return list(dict.fromkeys(tags))
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back without a zone; everything is stored in UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str | None
+    status: str
+    step: int
+    steps: int
+    spec: dict[str, Any]
+    warnings: list[str]
+    error: str | None
+    tags: list[str]
+    priority: int
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @field_validator("created_at", "started_at", "finished_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return _aware(value)
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page")

@@ -1,0 +1,80 @@
+"""The jobs API on a real database (SQLite and PostgreSQL): create, list, page, get, errors."""
+
+from __future__ import annotations
+
+from trainer.spec import TrainSpec
+
+
+def test_create_then_get_a_job_with_defaults_filled_in(client):
+    made = client.post("/api/jobs", json={"spec": {"steps": 50}, "tags": ["demo", "demo"]})
+    assert made.status_code == 201, made.text
+    job = made.json()
+    assert job["status"] == "queued" and job["step"] == 0 and job["steps"] == 50
+    assert job["spec"] == TrainSpec(steps=50).model_dump(mode="json")
+    assert job["tags"] == ["demo"] and job["attempt"] == 0 and job["warnings"] == []
+    again = client.get(f"/api/jobs/{job['id']}")
+    assert again.status_code == 200 and again.json() == job
+    assert job["created_at"].endswith(("+00:00", "Z"))
+
+
+def test_empty_spec_is_a_valid_job_and_leaky_specs_carry_warnings(client):
+    assert client.post("/api/jobs", json={"spec": {}}).status_code == 201
+    leaky = {"schedule": {"order": "g_first", "isolation": "none", "zero_grad": "after"}}
+    job = client.post("/api/jobs", json={"spec": leaky, "name": "seed bug"}).json()
+    assert job["name"] == "seed bug"
+    assert any("leaks gradient" in w for w in job["warnings"])
+
+
+def test_invalid_spec_is_a_422_naming_the_field(client):
+    cases = [
+        ({"spec": {"accumulation": {"steps": 3}}}, "spec.accumulation.steps", "must divide"),
+        ({"spec": {"schedule": {"order": "x"}}}, "spec.schedule.order", "d_first"),
+        ({"spec": {"data": {"kind": "array"}}}, "spec.data.dataset_id", "exactly one"),
+        ({"spec": {"lr": 1}}, "spec.lr", "unknown field"),
+        ({"spec": {}, "priority": 1000}, "priority", "less than or equal to 100"),
+        ({}, "spec", "Field required"),
+    ]
+    for body, field, words in cases:
+        answer = client.post("/api/jobs", json=body)
+        assert answer.status_code == 422, body
+        detail = answer.json()["detail"]
+        assert detail[0]["field"] == field, detail
+        assert detail[0]["message"].startswith(f"{field}: ") and words in detail[0]["message"]
+    assert client.get("/api/jobs").json()["items"] == []  # nothing stored
+
+
+def test_list_is_newest_first_filters_and_pages(client):
+    ids = []
+    for i in range(5):
+        tags = ["even"] if i % 2 == 0 else ["odd"]
+        ids.append(client.post("/api/jobs", json={"spec": {}, "tags": tags}).json()["id"])
+    page = client.get("/api/jobs", params={"limit": 2}).json()
+    assert [j["id"] for j in page["items"]] == ids[::-1][:2]
+    seen = [j["id"] for j in page["items"]]
+    while page["next_cursor"]:
+        page = client.get("/api/jobs", params={"limit": 2, "cursor": page["next_cursor"]}).json()
+        seen += [j["id"] for j in page["items"]]
+    assert seen == ids[::-1]
+    even = client.get("/api/jobs", params={"tag": "even"}).json()["items"]
+    assert [j["id"] for j in even] == [ids[4], ids[2], ids[0]]
+    assert client.get("/api/jobs", params={"status": "queued"}).json()["items"]
+    assert client.get("/api/jobs", params={"status": "running"}).json()["items"] == []
+
+
+def test_bad_queries_and_unknown_jobs(client):
+    assert client.get("/api/jobs/nope").status_code == 404
+    assert client.get("/api/jobs/nope").json()["detail"] == "job nope not found"
+    bad = client.get("/api/jobs", params={"status": "sleeping"})
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("status:")
+    assert client.get("/api/jobs", params={"cursor": "%%%"}).status_code == 422
+    assert client.get("/api/jobs", params={"limit": 0}).json()["detail"][0]["field"] == "limit"
+
+
+def test_health_reports_the_database(client):
+    answer = client.get("/api/health")
+    assert answer.status_code == 200 and answer.json() == {"status": "ok", "database": "ok"}
+
+
+def test_openapi_docs_are_served(client):
+    assert client.get("/docs").status_code == 200
+    assert "/api/jobs" in client.get("/openapi.json").json()["paths"]
