@@ -30,7 +30,6 @@ $(STAMP): pyproject.toml
 
 run: setup
 	$(VENV)/bin/ganforge train examples/default.yaml --out $(RUN_DIR) --overwrite
-	@echo "results: $(RUN_DIR) (metrics.jsonl, samples/, checkpoints/)"
 
 test: setup
 	$(VENV)/bin/ruff check .
