@@ -18,6 +18,7 @@ from app.db import make_engine
 from app.models import JOB_STATUSES, Job, JobTag
 from app.schemas import JobCreate, JobOut, JobPage
 from app.settings import Settings, get_settings
+from trainer.spec import describe_error
 
 router = APIRouter(prefix="/api")
 
@@ -117,20 +118,16 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     out = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
-        field = ".".join(loc[1:] if loc and loc[0] in ("body", "query", "path") else loc)
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        head, sep, rest = msg.partition(": ")
-        if sep and " " not in head and "." in head:
-            # TrainSpec's cross-field checks name the field they blame, relative to the
-            # spec: "accumulation.steps: must divide ..." becomes spec.accumulation.steps.
-            root = field.split(".")[0]
-            field, msg = (f"{root}.{head}" if root else head), rest
+        if loc and loc[0] in ("body", "query", "path"):
+            loc = loc[1:]
+        # Errors inside the spec are described as `ganforge train` describes them.
+        scope = loc[:1] if loc[:1] == ["spec"] else []
+        field, reason = describe_error({**err, "loc": loc[len(scope) :]})
+        field = ".".join(scope + ([field] if field else []))
         out.append(
             {
                 "field": field,
-                "message": f"{field}: {msg}" if field else msg,
+                "message": f"{field}: {reason}" if field else reason,
                 "loc": err["loc"],
                 "type": err["type"],
             }

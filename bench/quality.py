@@ -41,7 +41,7 @@ def one_run(data: str, seed: int, overrides: dict, threads: int) -> dict:
     Trainer(spec).run(sinks)
     wall = time.perf_counter() - started
     history = [(s, v["eval/modes"], v["eval/hq"]) for s, v in sinks.metrics.rows if "eval/hq" in v]
-    step, modes, hq = history[-1]
+    _, modes, hq = history[-1]
     leaks = {n: [v[f"audit/leak_{n}"] for _, v in sinks.metrics.rows] for n in ("d", "g")}
     return {
         "data": data,

@@ -194,15 +194,17 @@ class StepEngine:
         real_logits = self.discriminator(mb.real)
         fake_logits = self.discriminator(fake)
         adv = losses.d_loss(self.spec.loss.kind, real_logits, fake_logits)
-        # Penalties run outside autocast: double backward in fp16 is fragile and cheap in fp32.
-        with torch.autocast(self.device.type, enabled=False):
-            pen = losses.penalty(
-                self.spec.loss,
-                self.discriminator,
-                real=mb.real,
-                fake=fake.to(self.dtype),
-                mix=mb.mix,
-            )
+        pen = None
+        if self.spec.loss.penalty != "none":
+            # Outside autocast: double backward in fp16 is fragile, and cheap in fp32.
+            with torch.autocast(self.device.type, enabled=False):
+                pen = losses.penalty(
+                    self.spec.loss,
+                    self.discriminator,
+                    real=mb.real,
+                    fake=fake.to(self.dtype),
+                    mix=mb.mix,
+                )
         if stats is not None:
             self._add(stats, "loss/d", adv)
             self._add(stats, "d/real", real_logits.mean())

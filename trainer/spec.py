@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -221,21 +222,28 @@ class TrainSpec(_Section):
         return out
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc)
+def describe_error(err: Mapping[str, Any]) -> tuple[str, str]:
+    """(field path, reason) of one pydantic error of a TrainSpec, the path relative to the spec.
+
+    Cross-field checks raise "accumulation.steps: must divide ..." from wherever they run
+    (the whole spec, or a section such as `data`); that spec-relative path is the field.
+    """
+    path = ".".join(str(part) for part in err["loc"])
+    reason = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        reason = "unknown field"
+    head, sep, rest = reason.partition(": ")
+    if sep and "." in head and " " not in head:
+        return head, rest
+    return path, reason
 
 
 def spec_errors(exc: ValidationError) -> list[str]:
     """One line per problem, each naming the field path: `accumulation.steps: must divide ...`."""
     lines = []
     for err in exc.errors():
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        path = _field_path(tuple(err["loc"]))
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        # Cross-field checks already start with the full path of the field they blame.
-        blames_own_field = path and msg.startswith((f"{path}.", f"{path}:"))
-        lines.append(msg if not path or blames_own_field else f"{path}: {msg}")
+        field, reason = describe_error(err)
+        lines.append(f"{field}: {reason}" if field else reason)
     return lines
 
 

@@ -67,5 +67,7 @@ def test_conv_gan_trains_on_digits_with_evaluation():
     sinks = memory_sinks()
     trainer.run(sinks)
     last = sinks.metrics.rows[-1][1]
-    assert last["eval/classifier_score"] >= 1.0 and last["eval/fcd"] > 0
+    # 4 steps from random weights: far from real digits (which score about 9.6 and FCD 0).
+    assert 1.0 <= last["eval/classifier_score"] < 9.0
+    assert 1.0 < last["eval/fcd"] < 1e6
     assert sinks.samples.images[4][:4] == b"\x89PNG"
