@@ -4,32 +4,25 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, select, text, tuple_
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from app.db import make_engine
+from app.deps import SessionDep, job_or_404
 from app.models import JOB_STATUSES, Job, JobTag
+from app.routes import artifacts, datasets, metrics
 from app.schemas import JobCreate, JobOut, JobPage
 from app.settings import Settings, get_settings
+from app.store import ArtifactStore
 from trainer.spec import describe_error
 
 router = APIRouter(prefix="/api")
-
-
-def get_session(request: Request) -> Iterator[Session]:
-    factory: sessionmaker[Session] = request.app.state.sessions
-    with factory() as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def _encode_cursor(job: Job) -> str:
@@ -93,10 +86,7 @@ def list_jobs(
 
 @router.get("/jobs/{job_id}")
 def get_job(job_id: str, session: SessionDep) -> JobOut:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(404, f"job {job_id} not found")
-    return JobOut.model_validate(job)
+    return JobOut.model_validate(job_or_404(session, job_id))
 
 
 @router.get("/health")
@@ -147,6 +137,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app = FastAPI(title="ganforge", version="0.1.0")
     app.state.settings = settings
     app.state.sessions = sessionmaker(engine, expire_on_commit=False)
+    app.state.store = ArtifactStore(settings.artifact_dir)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(router)
+    for module in (metrics, artifacts, datasets):
+        app.include_router(module.router)
     return app

@@ -1,0 +1,117 @@
+"""The job queue: a Celery app configured from settings, used by the API (to enqueue a job id
+by task name) and by the worker (to run it). The broker only carries job ids; the database
+is the source of truth for job state.
+
+Queues: `gpu` for specs that ask for a CUDA device, `cpu` for everything else (`device: auto`
+included). A worker on a machine with a GPU consumes both, a CPU-only worker only `cpu`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport.sqlalchemy import Transport as _SQLATransport
+from sqlalchemy.engine import make_url
+
+from app.settings import Settings
+
+RUN_JOB = "ganforge.run_job"
+QUEUES = ("gpu", "cpu")
+
+
+class PollingSQLATransport(_SQLATransport):
+    """kombu's SQLAlchemy transport, polling every 0.1 s instead of every 1 s.
+
+    The embedded broker is a table in a SQLite file; a worker finds a new job id by polling
+    it. kombu's transport hands every transport option to `create_engine`, so the interval
+    cannot be passed as an option: it is a class attribute here instead.
+    """
+
+    polling_interval = 0.1
+
+
+# Our processes resolve `sqla+...` broker URLs to the faster-polling transport.
+TRANSPORT_ALIASES["sqla"] = "app.queue:PollingSQLATransport"
+TRANSPORT_ALIASES["sqlalchemy"] = "app.queue:PollingSQLATransport"
+
+
+def queue_for(device: str) -> str:
+    return "gpu" if device.startswith("cuda") else "cpu"
+
+
+def broker_kind(url: str) -> str:
+    """`redis`, `sqla` (embedded), `amqp`, ...: the scheme before any `+`."""
+    return url.split("://", 1)[0].split("+", 1)[0]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    url = settings.effective_broker_url
+    transport_options: dict[str, Any] = {}
+    if broker_kind(url) in ("sqla", "sqlalchemy"):
+        database = make_url(url.split("+", 1)[1]).database
+        if database:
+            from pathlib import Path
+
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # A SQLite broker file shared by the API and the workers: wait for locks.
+        transport_options = {"connect_args": {"timeout": 30}}
+    elif broker_kind(url) == "redis":
+        # A job runs for hours: a message must not be redelivered while its worker is alive.
+        transport_options = {"visibility_timeout": 7 * 24 * 3600}
+    return {
+        "broker_url": url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "task_ignore_result": True,
+        "result_backend": None,
+        # A job is acknowledged when it finishes, so a worker that dies loses no job; the
+        # database claim (app.jobs.claim) makes a redelivery of a finished job a no-op.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_concurrency": 1,
+        "task_default_queue": "cpu",
+        "task_create_missing_queues": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    celery = Celery("ganforge")
+    celery.conf.update(celery_config(settings))
+    return celery
+
+
+@lru_cache(maxsize=8)
+def _client(url: str, settings_json: str) -> Celery:
+    return make_celery(Settings.model_validate_json(settings_json))
+
+
+def client(settings: Settings) -> Celery:
+    """A Celery app for sending (cached per broker URL: connections are pooled)."""
+    return _client(settings.effective_broker_url, settings.model_dump_json())
+
+
+def enqueue(settings: Settings, job_id: str, device: str) -> None:
+    """Put a job id on its queue: the task is sent by name, the API never imports the worker."""
+    client(settings).send_task(RUN_JOB, args=[job_id], queue=queue_for(device))
+
+
+def queue_depth(settings: Settings) -> dict[str, int]:
+    """Messages waiting per queue (for /metrics)."""
+    depth: dict[str, int] = {}
+    with client(settings).connection_for_read() as conn:
+        channel = conn.default_channel
+        for name in QUEUES:
+            try:
+                _, count, _ = channel.queue_declare(queue=name, passive=True)
+            except Exception:  # noqa: BLE001 - a queue never declared holds nothing
+                count = 0
+            depth[name] = int(count)
+    return depth

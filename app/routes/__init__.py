@@ -1,0 +1,1 @@
+"""Routers of the REST API, one module per area; app.api.create_app includes them."""
