@@ -1,7 +1,511 @@
-"""/api routes: artifacts (being written)."""
+"""/api routes for a job's artifacts (DESIGN.md section 5): samples, checkpoints, generation.
+
+    GET  /api/jobs/{id}/samples                   {"items": [{id, step, url}]}, by step
+    GET  /api/jobs/{id}/samples/{sample_id}       the PNG (inline; ?download=1: attachment)
+    GET  /api/jobs/{id}/samples.zip               every sample PNG; 404 while there are none
+    GET  /api/jobs/{id}/checkpoints               {"items": [{step, sha256, size, url, created_at}]}
+    GET  /api/jobs/{id}/checkpoints/{step}        the .safetensors file (?part=sidecar: the JSON)
+    POST /api/jobs/{id}/generate                  fresh samples from a checkpoint's generator
+
+Rows hold paths relative to the artifact store (app/store.py). A row whose file is gone is a
+404 on download. Checkpoint downloads are not re-hashed (that would read the whole file per
+request); they carry the stored SHA-256 (`X-Checkpoint-SHA256`, and `Repr-Digest` as in
+RFC 9530) for the client to check. Generation does verify it (`read_checkpoint`) before
+loading: a mismatch is a 409 naming the file and SHA-256.
+
+Generation runs in worker threads (`anyio.to_thread.run_sync`) from an `async def`
+endpoint, at most GENERATE_CONCURRENCY at a time per app (the others wait on the event
+loop, holding no thread). The torch thread count is left as the process set it.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import base64
+import os
+import tempfile
+import threading
+import zipfile
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Annotated, Literal
+
+import anyio
+import anyio.to_thread
+import numpy as np
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from torch import nn
+
+from app.deps import SessionDep, StoreDep, job_or_404
+from app.models import Checkpoint, Sample
+from app.store import ArtifactStore, StoreError
+from trainer.checkpoint import CheckpointError, read_checkpoint
+from trainer.data import DataError, load_dataset
+from trainer.generate import MAX_GENERATE, load_generator, npy_bytes
+from trainer.spec import TrainSpec
+from trainer.training import SCATTER_POINTS, generate_from
 
 router = APIRouter(prefix="/api")
+
+# A PNG of more points than this is unreadable (and images beyond the grid's 64 are not drawn).
+MAX_PNG = 10_000
+# Bound on the largest tensor one generation makes (noise, a hidden layer, the output): n is
+# capped per checkpoint so that n x (widest per-sample activation) x itemsize fits.
+GENERATE_BUDGET_BYTES = 512 * 1024 * 1024
+GENERATE_CONCURRENCY = 2
+GENERATOR_CACHE_SIZE = 4
+ZIP_CHUNK = 256 * 1024
+
+# Integer columns: a path id or step outside this range names no row (and PostgreSQL would
+# refuse to compare with it).
+INT32_MAX = 2**31 - 1
+StepInt = Annotated[int, Field(ge=0, le=INT32_MAX)]
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands datetimes back without a zone; everything is stored in UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+# ---- bodies -------------------------------------------------------------------------------
+
+
+class SampleOut(BaseModel):
+    id: int
+    step: int
+    url: str
+
+
+class SampleList(BaseModel):
+    items: list[SampleOut]
+
+
+class CheckpointOut(BaseModel):
+    step: int
+    sha256: str
+    size: int
+    url: str
+    created_at: datetime
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return _utc(value)
+
+
+class CheckpointList(BaseModel):
+    items: list[CheckpointOut]
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(
+        64,
+        ge=1,
+        le=MAX_GENERATE,
+        description=f"how many samples; format png takes at most {MAX_PNG}, and large "
+        "generators fewer (the 422 says how many)",
+    )
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="the noise seed: same seed, same bytes")
+    format: Literal["png", "npy"] = Field(
+        "png", description="png: a grid or scatter plot; npy: float32 array (n, D) or (n, C, H, W)"
+    )
+    step: StepInt | None = Field(None, description="the checkpoint's step; null: the latest")
+
+
+# ---- samples ------------------------------------------------------------------------------
+
+
+def _sample_url(job_id: str, sample_id: int) -> str:
+    return f"/api/jobs/{job_id}/samples/{sample_id}"
+
+
+def _samples(session: Session, job_id: str) -> list[Sample]:
+    return list(
+        session.scalars(select(Sample).where(Sample.job_id == job_id).order_by(Sample.step))
+    )
+
+
+def _stat(store: ArtifactStore, relative: str) -> tuple[Path, os.stat_result] | None:
+    """The file's absolute path and stat, or None when it is gone (or outside the store)."""
+    try:
+        full = store.path(relative)
+        stat = full.stat()
+    except (StoreError, OSError):
+        return None
+    return full, stat
+
+
+@router.get("/jobs/{job_id}/samples")
+def list_samples(job_id: str, session: SessionDep) -> SampleList:
+    """The job's sample images, by step."""
+    job_or_404(session, job_id)
+    return SampleList(
+        items=[
+            SampleOut(id=s.id, step=s.step, url=_sample_url(job_id, s.id))
+            for s in _samples(session, job_id)
+        ]
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/samples.zip",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}}, 404: {"description": "none yet"}},
+)
+def samples_zip(job_id: str, session: SessionDep, store: StoreDep) -> StreamingResponse:
+    """Every sample PNG of the job as `step_000200.png`, ... (404 while there are none).
+
+    Built in an anonymous temporary file (PNGs are stored, not recompressed) and streamed
+    from it, so memory stays bounded; sample files deleted meanwhile are left out.
+    """
+    job_or_404(session, job_id)
+    samples = _samples(session, job_id)
+    if not samples:
+        raise HTTPException(404, f"job {job_id} has no samples yet")
+    spool: IO[bytes] = tempfile.TemporaryFile()  # closed by _stream, or below on error
+    try:
+        written = 0
+        with zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_STORED) as archive:
+            for sample in samples:
+                found = _stat(store, sample.path)
+                if found is None:
+                    continue
+                try:
+                    archive.write(found[0], arcname=f"step_{sample.step:06d}.png")
+                except OSError:
+                    continue  # deleted between stat and read
+                written += 1
+        if written == 0:
+            raise HTTPException(404, f"job {job_id}: its sample files are gone")
+        size = spool.tell()
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return StreamingResponse(
+        _stream(spool),
+        media_type="application/zip",
+        headers={
+            "Content-Disposition": f'attachment; filename="{job_id}-samples.zip"',
+            "Content-Length": str(size),
+        },
+    )
+
+
+def _stream(spool: IO[bytes]) -> Iterator[bytes]:
+    try:
+        while chunk := spool.read(ZIP_CHUNK):
+            yield chunk
+    finally:
+        spool.close()
+
+
+@router.get(
+    "/jobs/{job_id}/samples/{sample_id}",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such sample"}},
+)
+def get_sample(
+    job_id: str,
+    sample_id: int,
+    session: SessionDep,
+    store: StoreDep,
+    download: Annotated[bool, Query(description="attachment instead of inline")] = False,
+) -> FileResponse:
+    """One sample PNG of this job."""
+    job_or_404(session, job_id)
+    sample = None
+    if 0 <= sample_id <= INT32_MAX:
+        query = select(Sample).where(Sample.id == sample_id, Sample.job_id == job_id)
+        sample = session.scalar(query)
+    if sample is None:
+        raise HTTPException(404, f"job {job_id} has no sample {sample_id}")
+    found = _stat(store, sample.path)
+    if found is None:
+        raise HTTPException(404, f"sample {sample_id} of job {job_id}: its file is gone")
+    return FileResponse(
+        found[0],
+        media_type="image/png",
+        filename=f"{job_id}-step_{sample.step:06d}.png",
+        stat_result=found[1],
+        content_disposition_type="attachment" if download else "inline",
+    )
+
+
+# ---- checkpoints --------------------------------------------------------------------------
+
+
+def _checkpoints(session: Session, job_id: str) -> list[Checkpoint]:
+    query = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)
+    return list(session.scalars(query))
+
+
+def _checkpoint_at(session: Session, job_id: str, step: int) -> Checkpoint:
+    row = None
+    if 0 <= step <= INT32_MAX:
+        query = select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step == step)
+        row = session.scalar(query)
+    if row is None:
+        raise HTTPException(404, f"job {job_id} has no checkpoint at step {step}")
+    return row
+
+
+@router.get("/jobs/{job_id}/checkpoints")
+def list_checkpoints(job_id: str, session: SessionDep) -> CheckpointList:
+    """The job's checkpoints, by step."""
+    job_or_404(session, job_id)
+    return CheckpointList(
+        items=[
+            CheckpointOut(
+                step=c.step,
+                sha256=c.sha256,
+                size=c.size,
+                url=f"/api/jobs/{job_id}/checkpoints/{c.step}",
+                created_at=c.created_at,
+            )
+            for c in _checkpoints(session, job_id)
+        ]
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/checkpoints/{step}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}, "application/json": {}}},
+        404: {"description": "no such checkpoint, or its file is gone"},
+        409: {"description": "the file's size is not the one stored"},
+    },
+)
+def get_checkpoint(
+    job_id: str,
+    step: int,
+    session: SessionDep,
+    store: StoreDep,
+    part: Annotated[
+        Literal["tensors", "sidecar"],
+        Query(description="tensors: the .safetensors file; sidecar: its JSON sidecar"),
+    ] = "tensors",
+) -> FileResponse:
+    """Download a checkpoint; headers `X-Checkpoint-SHA256` and `Repr-Digest` carry its hash."""
+    job_or_404(session, job_id)
+    row = _checkpoint_at(session, job_id, step)
+    relative = row.path
+    if part == "sidecar":
+        relative = str(Path(relative).with_suffix(".json"))
+    found = _stat(store, relative)
+    if found is None:
+        raise HTTPException(404, f"checkpoint step {step} of job {job_id}: its {part} file is gone")
+    full, stat = found
+    headers = {"X-Checkpoint-SHA256": row.sha256, "X-Checkpoint-Step": str(row.step)}
+    if part == "sidecar":
+        return FileResponse(
+            full,
+            media_type="application/json",
+            filename=f"{job_id}-step_{row.step:06d}.json",
+            stat_result=stat,
+            headers=headers,
+        )
+    if stat.st_size != row.size:
+        raise HTTPException(
+            409,
+            f"checkpoint step {step} of job {job_id}: {full.name} has {stat.st_size} bytes, "
+            f"{row.size} were stored; it is damaged",
+        )
+    digest = base64.b64encode(bytes.fromhex(row.sha256)).decode("ascii")
+    headers["Repr-Digest"] = f"sha-256=:{digest}:"
+    return FileResponse(
+        full,
+        media_type="application/octet-stream",
+        filename=f"{job_id}-step_{row.step:06d}.safetensors",
+        stat_result=stat,
+        headers=headers,
+    )
+
+
+# ---- generation ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Loaded:
+    """A checkpoint's generator, in eval mode (and kept so: shared by concurrent requests)."""
+
+    generator: nn.Module
+    spec: TrainSpec
+    shape: tuple[int, ...]
+    step: int
+    # The real data drawn under 2-D scatter plots, computed on first use.
+    real: np.ndarray | None = None
+    real_done: bool = field(default=False)
+
+    @property
+    def max_n(self) -> int:
+        """The most samples one request may ask for, under GENERATE_BUDGET_BYTES."""
+        model = self.spec.model
+        per_sample = max(model.latent_dim, model.width, int(np.prod(self.shape)))
+        if model.kind == "conv":  # (width, 4, 4) doubling in size, halving channels
+            per_sample = max(per_sample, model.width * 4 * self.shape[-1])
+        itemsize = 8 if self.spec.precision == "fp64" else 4
+        return max(1, min(MAX_GENERATE, GENERATE_BUDGET_BYTES // (per_sample * itemsize)))
+
+
+_cache: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _load(full: Path, sha256: str) -> _Loaded:
+    """The generator of a verified checkpoint, from a small LRU keyed by (file, SHA-256).
+
+    A cached entry was verified against the same SHA-256 when it was read, so the file is
+    not read again while it stays cached.
+    """
+    key = (str(full), sha256)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    ckpt = read_checkpoint(full, expected_sha256=sha256)
+    try:
+        generator, spec, shape = load_generator(ckpt)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        # CheckpointError is a ValueError; RuntimeError: tensors that do not fit the model.
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"checkpoint: cannot build its generator: {reason}") from None
+    generator.eval()
+    loaded = _Loaded(generator, spec, shape, ckpt.step)
+    with _cache_lock:
+        _cache[key] = loaded
+        _cache.move_to_end(key)
+        while len(_cache) > GENERATOR_CACHE_SIZE:
+            _cache.popitem(last=False)
+    return loaded
+
+
+def _real_points(loaded: _Loaded, store: ArtifactStore) -> np.ndarray | None:
+    """The real data under a 2-D scatter (as `generate_png`); None when it cannot be loaded."""
+    if not loaded.real_done:
+        try:
+            dataset = load_dataset(
+                loaded.spec.data,
+                resolve_dataset=lambda dataset_id: store.path(store.dataset_path(dataset_id)),
+            )
+            loaded.real = dataset.reference(SCATTER_POINTS).flatten(1).float().numpy()
+        except (DataError, OSError, ValueError):
+            loaded.real = None  # the data is gone: plot the samples alone
+        loaded.real_done = True
+    return loaded.real
+
+
+def _n_error(n: int, message: str) -> RequestValidationError:
+    return RequestValidationError(
+        [{"type": "less_than_equal", "loc": ("body", "n"), "msg": message, "input": n}]
+    )
+
+
+@dataclass
+class _Generated:
+    data: bytes
+    shape: tuple[int, ...]
+    step: int
+
+
+def _generate(full: Path, sha256: str, body: GenerateRequest, store: ArtifactStore) -> _Generated:
+    """Runs in a worker thread: load (or reuse) the generator, check n, generate, encode."""
+    loaded = _load(full, sha256)
+    if body.n > loaded.max_n:
+        raise _n_error(
+            body.n,
+            f"this checkpoint's generator makes at most {loaded.max_n} samples a request",
+        )
+    fake = generate_from(
+        loaded.generator, body.n, seed=body.seed, latent=loaded.spec.model.latent_dim
+    )
+    array = fake.float().numpy()  # as trainer.generate.generate_array
+    if body.format == "npy":
+        return _Generated(npy_bytes(array), tuple(array.shape), loaded.step)
+    from trainer.samples import render_png
+
+    title = f"step {loaded.step}, seed {body.seed}"
+    if array.ndim == 4:
+        png = render_png(array, title=title)
+    else:
+        png = render_png(array, real=_real_points(loaded, store), title=title)
+    return _Generated(png, tuple(array.shape), loaded.step)
+
+
+def _pick_checkpoint(session: Session, job_id: str, step: int | None) -> Checkpoint:
+    job_or_404(session, job_id)
+    if step is not None:
+        return _checkpoint_at(session, job_id, step)
+    row = session.scalar(
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id)
+        .order_by(Checkpoint.step.desc())
+        .limit(1)
+    )
+    if row is None:
+        raise HTTPException(409, f"job {job_id} has no checkpoint yet")
+    return row
+
+
+def _limiter(app: FastAPI) -> anyio.CapacityLimiter:
+    # Made on first use, inside the app's event loop (a module-level one would bind to the
+    # first loop that used it).
+    limiter: anyio.CapacityLimiter | None = getattr(app.state, "generate_limiter", None)
+    if limiter is None:
+        limiter = anyio.CapacityLimiter(GENERATE_CONCURRENCY)
+        app.state.generate_limiter = limiter
+    return limiter
+
+
+@router.post(
+    "/jobs/{job_id}/generate",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"image/png": {}, "application/octet-stream": {}},
+            "description": "PNG, or a float32 .npy; header X-Shape: the shape generated",
+        },
+        404: {"description": "unknown job, or no checkpoint at that step"},
+        409: {"description": "no checkpoint yet, or the checkpoint fails its SHA-256 check"},
+    },
+)
+async def generate(
+    job_id: str, body: GenerateRequest, request: Request, session: SessionDep, store: StoreDep
+) -> Response:
+    """Fresh samples from a checkpoint's generator (EMA weights when the run kept them).
+
+    The same checkpoint, n and seed give the same bytes.
+    """
+    if body.format == "png" and body.n > MAX_PNG:
+        raise _n_error(body.n, f"format png takes at most {MAX_PNG} samples; use npy for more")
+    row = await run_in_threadpool(_pick_checkpoint, session, job_id, body.step)
+    name = f"checkpoint step {row.step} of job {job_id}"
+    try:
+        full = store.path(row.path)
+        result = await anyio.to_thread.run_sync(
+            _generate, full, row.sha256, body, store, limiter=_limiter(request.app)
+        )
+    except (CheckpointError, StoreError) as exc:
+        raise HTTPException(409, f"{name}: {str(exc).removeprefix('checkpoint: ')}") from None
+    headers: dict[str, str] = {
+        "X-Shape": ",".join(str(d) for d in result.shape),
+        "X-Checkpoint-Step": str(result.step),
+        "X-Checkpoint-SHA256": row.sha256,
+    }
+    stem = f"{job_id}-step_{result.step}-seed_{body.seed}"
+    if body.format == "npy":
+        headers["Content-Disposition"] = f'attachment; filename="{stem}.npy"'
+        return Response(result.data, media_type="application/octet-stream", headers=headers)
+    headers["Content-Disposition"] = f'inline; filename="{stem}.png"'
+    return Response(result.data, media_type="image/png", headers=headers)
