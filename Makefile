@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.ganforge-installed
 RUN_DIR ?= var/runs/default
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run train test lint bench clean
 
 setup: $(STAMP)
 
@@ -28,7 +28,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# The service, embedded: SQLite + a SQLite-backed broker under ./var, the API on
+# http://$(HOST):$(PORT)/ and $(WORKERS) worker process(es). Ctrl-C stops everything.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+WORKERS ?= 1
+
 run: setup
+	$(VENV)/bin/ganforge up --host $(HOST) --port $(PORT) --workers $(WORKERS)
+
+# The training core alone, no service: the default recipe into $(RUN_DIR).
+train: setup
 	$(VENV)/bin/ganforge train examples/default.yaml --out $(RUN_DIR) --overwrite
 
 test: setup

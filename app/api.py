@@ -1,22 +1,25 @@
-"""The REST API under /api (DESIGN.md section 5): jobs and health so far."""
+"""The REST API under /api (DESIGN.md section 5): jobs, their lifecycle, health.
+
+Artifacts, metrics, datasets, events and monitoring live in app.routes.*."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sqlalchemy import Engine, select, text, tuple_
-from sqlalchemy.orm import sessionmaker
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy import CursorResult, Engine, delete, select, text, tuple_, update
+from sqlalchemy.orm import Session, sessionmaker
 
+from app import jobs, queue
 from app.db import make_engine
-from app.deps import SessionDep, job_or_404
-from app.models import JOB_STATUSES, Job, JobTag
-from app.routes import artifacts, datasets, metrics
+from app.deps import SessionDep, SettingsDep, StoreDep, job_or_404
+from app.models import JOB_STATUSES, Dataset, Job, JobTag
+from app.routes import artifacts, datasets, events, metrics, monitoring
 from app.schemas import JobCreate, JobOut, JobPage
 from app.settings import Settings, get_settings
 from app.store import ArtifactStore
@@ -38,10 +41,21 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise HTTPException(422, "cursor: not a cursor this API returned") from None
 
 
+def unprocessable(field: str, reason: str) -> HTTPException:
+    """A 422 shaped like the request-validation ones: detail[].field and .message."""
+    return HTTPException(422, [{"field": field, "message": f"{field}: {reason}"}])
+
+
 @router.post("/jobs", status_code=201)
-def create_job(body: JobCreate, session: SessionDep) -> JobOut:
-    """Store a job (status `queued`) with its validated spec, defaults filled in."""
+def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep) -> JobOut:
+    """Store a job (status `queued`) with its validated spec, defaults filled in, and queue it."""
     spec = body.spec
+    if spec.data.path is not None:
+        raise unprocessable(
+            "spec.data.path", "local files are for `ganforge train`; upload with POST /api/datasets"
+        )
+    if spec.data.dataset_id is not None and session.get(Dataset, spec.data.dataset_id) is None:
+        raise unprocessable("spec.data.dataset_id", f"no dataset {spec.data.dataset_id}")
     job = Job(
         name=body.name or spec.name,
         status="queued",
@@ -53,7 +67,17 @@ def create_job(body: JobCreate, session: SessionDep) -> JobOut:
     )
     session.add(job)
     session.commit()
+    try:
+        queue.enqueue(settings, job.id, spec.device)
+    except Exception as exc:  # noqa: BLE001 - no job may sit in the table without a message
+        session.delete(job)
+        session.commit()
+        raise HTTPException(503, f"broker: cannot queue the job: {_first_line(exc)}") from None
     return JobOut.model_validate(job)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 @router.get("/jobs")
@@ -89,17 +113,87 @@ def get_job(job_id: str, session: SessionDep) -> JobOut:
     return JobOut.model_validate(job_or_404(session, job_id))
 
 
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(job_id: str, session: SessionDep) -> JobOut:
+    """Cooperative cancel: a queued job is `cancelled` at once; a running one becomes
+    `cancelling`, and its worker checkpoints and marks it `cancelled` within a second."""
+    job_or_404(session, job_id)
+    try:
+        jobs.request_cancel(session.connection(), job_id)
+        session.commit()
+    except jobs.TransitionError as exc:
+        session.rollback()
+        raise HTTPException(409, str(exc)) from None
+    return _fresh(session, job_id)
+
+
+@router.post("/jobs/{job_id}/resume")
+def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobOut:
+    """Requeue a failed or cancelled job; it continues from its last checkpoint."""
+    job = job_or_404(session, job_id)
+    device = str(job.spec.get("device", "auto"))
+    try:
+        jobs.request_resume(session.connection(), job_id)
+        session.commit()
+    except jobs.TransitionError as exc:
+        session.rollback()
+        raise HTTPException(409, str(exc)) from None
+    try:
+        queue.enqueue(settings, job_id, device)
+    except Exception as exc:  # noqa: BLE001
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(status="failed", error=f"broker: cannot queue the job: {_first_line(exc)}")
+        )
+        session.commit()
+        raise HTTPException(503, f"broker: cannot queue the job: {_first_line(exc)}") from None
+    return _fresh(session, job_id)
+
+
+@router.delete("/jobs/{job_id}", status_code=204)
+def delete_job(job_id: str, session: SessionDep, store: StoreDep) -> Response:
+    """Remove a finished job with its metrics, samples and checkpoints."""
+    job_or_404(session, job_id)
+    result = session.execute(delete(Job).where(Job.id == job_id, Job.status.in_(jobs.FINISHED)))
+    gone = cast(CursorResult[Any], result).rowcount
+    session.commit()
+    if gone != 1:
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+        raise HTTPException(
+            409, f"job {job_id} is {status}; cancel it first (only a finished job is deleted)"
+        )
+    store.delete_job(job_id)
+    return Response(status_code=204)
+
+
+def _fresh(session: Session, job_id: str) -> JobOut:
+    session.expire_all()
+    return JobOut.model_validate(job_or_404(session, job_id))
+
+
 @router.get("/health")
-def health(session: SessionDep) -> JSONResponse:
-    """Liveness and database reachability (503 when the database does not answer)."""
+def health(session: SessionDep, settings: SettingsDep) -> JSONResponse:
+    """Liveness, database and broker reachability (503 when either does not answer)."""
     try:
         session.execute(text("SELECT 1"))
         database = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure means unreachable
-        database = f"unreachable: {str(exc).splitlines()[0]}"
-    ok = database == "ok"
+        database = f"unreachable: {_first_line(exc)}"
+    try:
+        queue.ping(settings)
+        broker = "ok"
+    except Exception as exc:  # noqa: BLE001
+        broker = f"unreachable: {_first_line(exc)}"
+    ok = database == broker == "ok"
     return JSONResponse(
-        {"status": "ok" if ok else "degraded", "database": database}, status_code=200 if ok else 503
+        {
+            "status": "ok" if ok else "degraded",
+            "database": database,
+            "broker": broker,
+            "broker_kind": queue.broker_kind(settings.effective_broker_url),
+        },
+        status_code=200 if ok else 503,
     )
 
 
@@ -140,6 +234,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.store = ArtifactStore(settings.artifact_dir)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(router)
-    for module in (metrics, artifacts, datasets):
+    for module in (metrics, artifacts, datasets, events, monitoring):
         app.include_router(module.router)
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
     return app

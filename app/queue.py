@@ -38,8 +38,13 @@ TRANSPORT_ALIASES["sqla"] = "app.queue:PollingSQLATransport"
 TRANSPORT_ALIASES["sqlalchemy"] = "app.queue:PollingSQLATransport"
 
 
-def queue_for(device: str) -> str:
-    return "gpu" if device.startswith("cuda") else "cpu"
+def queue_for(settings: Settings, device: str) -> str:
+    return settings.queue_prefix + ("gpu" if device.startswith("cuda") else "cpu")
+
+
+def worker_queues(settings: Settings, has_gpu: bool) -> list[str]:
+    """What a worker consumes: both queues on a machine with a GPU, else `cpu` only."""
+    return [settings.queue_prefix + q for q in (QUEUES if has_gpu else ("cpu",))]
 
 
 def broker_kind(url: str) -> str:
@@ -73,7 +78,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": 1,
-        "task_default_queue": "cpu",
+        "task_default_queue": settings.queue_prefix + "cpu",
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
@@ -100,7 +105,7 @@ def client(settings: Settings) -> Celery:
 
 def enqueue(settings: Settings, job_id: str, device: str) -> None:
     """Put a job id on its queue: the task is sent by name, the API never imports the worker."""
-    client(settings).send_task(RUN_JOB, args=[job_id], queue=queue_for(device))
+    client(settings).send_task(RUN_JOB, args=[job_id], queue=queue_for(settings, device))
 
 
 def queue_depth(settings: Settings) -> dict[str, int]:
@@ -108,10 +113,18 @@ def queue_depth(settings: Settings) -> dict[str, int]:
     depth: dict[str, int] = {}
     with client(settings).connection_for_read() as conn:
         channel = conn.default_channel
-        for name in QUEUES:
-            try:
-                _, count, _ = channel.queue_declare(queue=name, passive=True)
-            except Exception:  # noqa: BLE001 - a queue never declared holds nothing
-                count = 0
+        for name in (settings.queue_prefix + q for q in QUEUES):
+            # Not passive: declaring a queue we use anyway is harmless, and a passive
+            # declare of a queue that never held a message fails on some transports.
+            _, count, _ = channel.queue_declare(queue=name, auto_delete=False, durable=True)
             depth[name] = int(count)
     return depth
+
+
+def ping(settings: Settings, timeout: float = 2.0) -> None:
+    """Raise when the broker cannot be reached (a round trip, not just a socket)."""
+    with client(settings).connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout)
+        conn.default_channel.queue_declare(
+            queue=settings.queue_prefix + "cpu", auto_delete=False, durable=True
+        )

@@ -16,6 +16,8 @@ class Settings(BaseSettings):
     # None: kombu's SQLAlchemy transport on a SQLite file under ./var.
     broker_url: str | None = None
     artifact_dir: Path = Path("./var/artifacts")
+    # Prefixed to the queue names (`gpu`, `cpu`), so several deployments can share a broker.
+    queue_prefix: str = ""
     max_upload_bytes: int = 512 * 1024 * 1024
 
     @property

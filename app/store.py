@@ -32,6 +32,13 @@ class ArtifactStore:
             raise StoreError(f"path: {relative!r} is outside the artifact store")
         return full
 
+    def relative(self, path: str | Path) -> str:
+        """The store path of an absolute path inside the store."""
+        full = Path(path).resolve()
+        if not full.is_relative_to(self.root):
+            raise StoreError(f"path: {str(path)!r} is outside the artifact store")
+        return full.relative_to(self.root).as_posix()
+
     def write(self, relative: str, data: bytes) -> Path:
         """Write atomically (temporary name, fsync, rename)."""
         full = self.path(relative)

@@ -53,7 +53,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
 @pytest.fixture
 def client(database_url: str, tmp_path) -> Iterator[TestClient]:
     engine = make_engine(database_url)
-    settings = Settings(database_url=database_url, artifact_dir=tmp_path / "artifacts")
+    settings = Settings(
+        database_url=database_url,
+        broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+        artifact_dir=tmp_path / "artifacts",
+    )
     with TestClient(create_app(settings, engine)) as test_client:
         yield test_client
     engine.dispose()

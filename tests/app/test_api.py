@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from fastapi.testclient import TestClient
+
+from app.api import create_app
+from app.db import make_engine
+from app.settings import Settings
 from trainer.spec import TrainSpec
 
 
@@ -70,9 +75,35 @@ def test_bad_queries_and_unknown_jobs(client):
     assert client.get("/api/jobs", params={"limit": 0}).json()["detail"][0]["field"] == "limit"
 
 
-def test_health_reports_the_database(client):
+def test_health_reports_the_database_and_the_broker(client):
     answer = client.get("/api/health")
-    assert answer.status_code == 200 and answer.json() == {"status": "ok", "database": "ok"}
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "status": "ok",
+        "database": "ok",
+        "broker": "ok",
+        "broker_kind": "sqla",
+    }
+
+
+def test_health_is_503_naming_an_unreachable_broker(database_url, tmp_path):
+    # Nothing listens on port 1: the broker cannot be reached; the database still can.
+    settings = Settings(
+        database_url=database_url,
+        broker_url="redis://127.0.0.1:1/0",
+        artifact_dir=tmp_path / "artifacts",
+    )
+    engine = make_engine(database_url)
+    with TestClient(create_app(settings, engine)) as client:
+        answer = client.get("/api/health")
+        body = answer.json()
+        assert answer.status_code == 503 and body["status"] == "degraded"
+        assert body["database"] == "ok" and body["broker"].startswith("unreachable")
+        # A job cannot be queued: 503 naming the broker, and no job is left behind.
+        made = client.post("/api/jobs", json={"spec": {}})
+        assert made.status_code == 503 and made.json()["detail"].startswith("broker:")
+        assert client.get("/api/jobs").json()["items"] == []
+    engine.dispose()
 
 
 def test_openapi_docs_are_served(client):

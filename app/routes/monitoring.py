@@ -1,0 +1,83 @@
+"""GET /metrics: the service in the Prometheus text format.
+
+ganforge_jobs{status="running"}                 jobs by status
+ganforge_queue_depth{queue="cpu"}                messages waiting on the broker
+ganforge_job_steps_per_second{job_id="..."}      latest perf/steps_per_s of running jobs
+ganforge_job_step{job_id="..."}                  step reached by running jobs
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app import queue
+from app.deps import SessionDep, SettingsDep
+from app.models import JOB_STATUSES, Job, MetricPoint
+from app.settings import Settings
+
+router = APIRouter()
+
+
+class ServiceCollector(Collector):
+    """Reads the database (and the broker) at scrape time; nothing is kept in memory."""
+
+    def __init__(self, session: Session, settings: Settings):
+        self.session, self.settings = session, settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = dict(
+            self.session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+        )
+        jobs = GaugeMetricFamily("ganforge_jobs", "Jobs by status.", labels=["status"])
+        for status in JOB_STATUSES:
+            jobs.add_metric([status], float(counts.get(status, 0)))
+        yield jobs
+
+        depth = GaugeMetricFamily(
+            "ganforge_queue_depth", "Job ids waiting on the broker, per queue.", labels=["queue"]
+        )
+        try:
+            for name, count in queue.queue_depth(self.settings).items():
+                depth.add_metric([name], float(count))
+        except Exception:  # noqa: BLE001 - an unreachable broker leaves the family empty
+            pass
+        yield depth
+
+        rate = GaugeMetricFamily(
+            "ganforge_job_steps_per_second",
+            "Training speed of running jobs (their latest perf/steps_per_s).",
+            labels=["job_id"],
+        )
+        step = GaugeMetricFamily(
+            "ganforge_job_step", "Generator steps done by running jobs.", labels=["job_id"]
+        )
+        running = self.session.execute(
+            select(Job.id, Job.step).where(Job.status.in_(("running", "cancelling")))
+        ).all()
+        for job_id, job_step in running:
+            step.add_metric([job_id], float(job_step))
+            latest = self.session.scalar(
+                select(MetricPoint.value)
+                .where(MetricPoint.job_id == job_id, MetricPoint.name == "perf/steps_per_s")
+                .order_by(MetricPoint.step.desc())
+                .limit(1)
+            )
+            if latest is not None:
+                rate.add_metric([job_id], float(latest))
+        yield rate
+        yield step
+
+
+@router.get("/metrics", include_in_schema=False)
+def prometheus_metrics(session: SessionDep, settings: SettingsDep) -> Response:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector(session, settings))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

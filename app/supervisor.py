@@ -1,0 +1,117 @@
+"""`ganforge up`: migrations, then the API and N worker processes, supervised.
+
+A child that dies is restarted (at most 5 times a minute); Ctrl-C (or SIGTERM) stops them
+all: workers checkpoint their job and put it back on the queue, then everything exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx2
+
+STOP_GRACE_SECONDS = 30.0
+RESTARTS_PER_MINUTE = 5
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: deque[float] = field(default_factory=deque)
+
+    def start(self) -> None:
+        # Own session: a terminal's Ctrl-C reaches only the supervisor, which then stops the
+        # children in order (a second SIGINT would make Celery abandon its job).
+        self.process = subprocess.Popen(self.argv, start_new_session=True)
+
+    def poll(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "app.cli", *args]
+
+
+def run(
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    threads: int | None,
+    echo: Callable[[str], None],
+) -> int:
+    from app.cli import upgrade_database
+
+    upgrade_database("head")
+    per_worker = threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
+    children = [Child("api", _cli("api", "--host", host, "--port", str(port), "--no-migrate"))]
+    children += [
+        Child(f"worker-{i + 1}", _cli("worker", "--threads", str(per_worker)))
+        for i in range(workers)
+    ]
+    stopping = False
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    for child in children:
+        child.start()
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    announced = False
+    code = 0
+    while not stopping:
+        if not announced and _healthy(url):
+            echo(f"ganforge is up: dashboard {url}/  (API docs {url}/docs; Ctrl-C stops)")
+            announced = True
+        for child in children:
+            status = child.poll()
+            if status is None or stopping:
+                continue
+            now = time.monotonic()
+            while child.restarts and now - child.restarts[0] > 60:
+                child.restarts.popleft()
+            if len(child.restarts) >= RESTARTS_PER_MINUTE:
+                echo(f"error: {child.name} keeps exiting (status {status}); stopping")
+                stopping, code = True, 1
+                break
+            echo(f"{child.name} exited with status {status}; restarting it")
+            child.restarts.append(now)
+            child.start()
+        time.sleep(0.25)
+    echo("stopping: workers checkpoint their jobs and requeue them ...")
+    _stop(children)
+    return code
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx2.get(f"{url}/api/health", timeout=1.0).status_code == 200
+    except httpx2.HTTPError:
+        return False
+
+
+def _stop(children: list[Child]) -> None:
+    for child in children:
+        if child.process is not None and child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for child in children:
+        if child.process is None:
+            continue
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()

@@ -1,0 +1,163 @@
+"""Runs one job: claim it, train it with the service's sinks, heartbeat, record the outcome.
+
+`run_job` is what the Celery task calls; it needs nothing from Celery, so it can also be
+driven directly (by a benchmark, say).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from app import jobs
+from app.datasets import resolve_dataset_path
+from app.models import Checkpoint as CheckpointRow
+from app.models import Job
+from app.store import ArtifactStore
+from trainer.checkpoint import CheckpointError, read_checkpoint
+from trainer.data import DataError
+from trainer.spec import TrainSpec
+from trainer.training import Trainer, TrainingDiverged
+from worker.sinks import service_sinks
+
+log = logging.getLogger("ganforge.worker")
+
+HEARTBEAT_SECONDS = 0.5
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class RunState:
+    """What the training thread and the heartbeat thread share."""
+
+    step: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+class Heartbeat(threading.Thread):
+    """Every HEARTBEAT_SECONDS: extend the lease, publish the step, notice a cancel."""
+
+    def __init__(self, engine: Engine, job_id: str, owner: str, state: RunState):
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.engine, self.job_id, self.owner, self.state = engine, job_id, owner, state
+        self.done = threading.Event()
+
+    def beat(self) -> None:
+        with self.engine.begin() as conn:
+            status = jobs.heartbeat(conn, self.job_id, self.owner, self.state.step)
+        if status is None:
+            self.state.lost.set()
+        elif status == "cancelling":
+            self.state.cancel.set()
+
+    def run(self) -> None:
+        while not self.done.wait(HEARTBEAT_SECONDS):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease is 60 s
+                log.exception("heartbeat of job %s failed", self.job_id)
+
+
+def run_job(
+    job_id: str,
+    *,
+    engine: Engine,
+    store: ArtifactStore,
+    owner: str | None = None,
+    shutting_down: threading.Event | None = None,
+) -> str:
+    """Run a queued job to its end. Returns the final status, `skipped` when the job was not
+    queued (a second delivery of the same id), or `requeued` when the worker shut down."""
+    owner = owner or worker_id()
+    with engine.begin() as conn:
+        if not jobs.claim(conn, job_id, owner):
+            log.info("job %s is not queued; nothing to do", job_id)
+            return "skipped"
+    log.info("job %s claimed by %s", job_id, owner)
+    state = RunState()
+    heart = Heartbeat(engine, job_id, owner, state)
+    shutting_down = shutting_down or threading.Event()
+    status, error = "failed", None
+    try:
+        trainer = _build_trainer(engine, store, job_id)
+        state.step = trainer.step
+        heart.start()
+        sinks = service_sinks(engine, store, job_id)
+
+        def should_stop() -> bool:
+            return state.cancel.is_set() or state.lost.is_set() or shutting_down.is_set()
+
+        def progress(step: int, _values: dict[str, float] | None) -> None:
+            state.step = step
+
+        try:
+            result = trainer.run(sinks, should_stop=should_stop, progress=progress)
+        finally:
+            sinks.metrics.flush()  # type: ignore[attr-defined]
+        state.step = result.step
+        if result.status == "succeeded":
+            status = "succeeded"
+        elif state.lost.is_set():
+            status = "lost"
+        elif state.cancel.is_set():
+            status = "cancelled"
+        else:
+            status = "requeued"
+    except (TrainingDiverged, DataError, CheckpointError, ValueError) as exc:
+        error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - any failure is recorded on the job
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+    finally:
+        heart.done.set()
+        if heart.is_alive():
+            heart.join()
+    with engine.begin() as conn:
+        if status == "requeued":
+            if not jobs.release(conn, job_id, owner, state.step):
+                status = "cancelled"
+        elif status != "lost":
+            jobs.finish(conn, job_id, owner, status, state.step, error)
+    log.info("job %s %s at step %d%s", job_id, status, state.step, f": {error}" if error else "")
+    return status
+
+
+def _build_trainer(engine: Engine, store: ArtifactStore, job_id: str) -> Trainer:
+    """The job's trainer, continued from its latest checkpoint when it has one."""
+    with Session(engine) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        spec = TrainSpec.model_validate(job.spec)
+        latest = session.scalars(
+            select(CheckpointRow)
+            .where(CheckpointRow.job_id == job_id)
+            .order_by(CheckpointRow.step.desc())
+            .limit(1)
+        ).first()
+
+        def resolve(dataset_id: str) -> Path:
+            return resolve_dataset_path(session, store, dataset_id)
+
+        trainer = Trainer(spec, resolve_dataset=resolve)
+        if latest is not None:
+            trainer.load(read_checkpoint(store.path(latest.path), expected_sha256=latest.sha256))
+    with engine.begin() as conn:
+        stale = jobs.rewind(conn, job_id, trainer.step)
+    for path in stale:
+        store.delete(path)
+        if path.endswith(".safetensors"):
+            store.delete(path[: -len(".safetensors")] + ".json")
+    return trainer
