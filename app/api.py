@@ -11,11 +11,11 @@ from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import CursorResult, Engine, delete, select, text, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import jobs, queue
+from app import jobs, queue, web
 from app.db import make_engine
 from app.deps import SessionDep, SettingsDep, StoreDep, job_or_404
 from app.models import JOB_STATUSES, Dataset, Job, JobTag
@@ -236,9 +236,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(router)
     for module in (metrics, artifacts, datasets, events, monitoring):
         app.include_router(module.router)
-
-    @app.get("/", include_in_schema=False)
-    def home() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    web.mount(app)
 
     return app

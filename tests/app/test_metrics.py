@@ -121,6 +121,17 @@ def test_downsampling_keeps_a_spike_a_dip_and_the_first_nan(client, engine, job_
         if max_points >= 100:
             assert 15_001 in steps and 19_000 in steps  # where it first went NaN
             assert got[steps.index(15_001)] is None and got[-1] is None
+    # The same points on every backend and route (SQLite buckets long series in SQL):
+    # what the numpy reference keeps of the whole series.
+    with engine.connect() as conn:
+        whole = query_series(conn, job_id, ["loss/d"], None, 100_000)["loss/d"]
+    steps = np.array(whole["step"], dtype=np.int64)
+    array = np.array([math.nan if v is None else v for v in whole["value"]])
+    for max_points in (7, 100, 2000):
+        keep = downsample(steps, array, max_points).tolist()
+        got = metrics(client, job_id, max_points=max_points)["series"]["loss/d"]
+        assert got["step"] == steps[keep].tolist()
+        assert got["value"] == [None if math.isnan(v) else v for v in array[keep].tolist()]
     # since_step downsamples what is left
     late = metrics(client, job_id, since_step=12_000, max_points=50)["series"]["loss/d"]
     assert late["step"][0] == 12_001 and 12_345 in late["step"] and len(late["step"]) <= 50

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,9 @@ def _redis_url() -> str:
     return REDIS_URL
 
 
-@pytest.fixture(scope="module", params=["embedded", "postgres+redis"])
-def service(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Service]:
-    workdir = tmp_path_factory.mktemp(f"service-{request.param.replace('+', '-')}")
+@contextmanager
+def running_service(workdir: Path, backend: str = "embedded") -> Iterator[Service]:
+    """`ganforge up` (API + one worker) on `backend`: `embedded` or `postgres+redis`."""
     port = _free_port()
     env = {
         **os.environ,
@@ -89,7 +90,7 @@ def service(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Servic
         "GANFORGE_CACHE_DIR": os.environ.get("GANFORGE_CACHE_DIR", str(workdir / "cache")),
     }
     databases: Iterator[str] | None = None
-    if request.param == "embedded":
+    if backend == "embedded":
         env["GANFORGE_DATABASE_URL"] = f"sqlite:///{workdir / 'ganforge.db'}"
         env["GANFORGE_BROKER_URL"] = f"sqla+sqlite:///{workdir / 'broker.db'}"
     else:
@@ -119,6 +120,13 @@ def service(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Servic
         if databases is not None:
             for _ in databases:  # drops the database
                 pass
+
+
+@pytest.fixture(scope="module", params=["embedded", "postgres+redis"])
+def service(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Service]:
+    workdir = tmp_path_factory.mktemp(f"service-{request.param.replace('+', '-')}")
+    with running_service(workdir, request.param) as running:
+        yield running
 
 
 def _wait_healthy(service: Service, timeout: float = 60) -> None:
