@@ -19,7 +19,7 @@ from app import jobs, queue, web
 from app.db import make_engine
 from app.deps import SessionDep, SettingsDep, StoreDep, job_or_404
 from app.models import JOB_STATUSES, Dataset, Job, JobTag
-from app.routes import artifacts, datasets, events, metrics, monitoring
+from app.routes import artifacts, datasets, events, metrics, monitoring, specs
 from app.schemas import JobCreate, JobOut, JobPage
 from app.settings import Settings, get_settings
 from app.store import ArtifactStore
@@ -234,7 +234,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.store = ArtifactStore(settings.artifact_dir)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(router)
-    for module in (metrics, artifacts, datasets, events, monitoring):
+    for module in (metrics, artifacts, datasets, events, monitoring, specs):
         app.include_router(module.router)
     web.mount(app)
 

@@ -1,0 +1,7 @@
+"""/api routes: specs (being written)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/api")
