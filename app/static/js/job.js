@@ -1,0 +1,731 @@
+/* ganforge dashboard: one job (/jobs/{id}). Header, live charts, sample gallery, generation,
+ * checkpoints, spec, warnings, status timeline and error. Initial state comes from the REST
+ * API; while the job is not finished one EventSource (gf.follow) keeps everything current.
+ * window.gfJob exposes the state and the uPlot instances (tests read them). */
+"use strict";
+
+(() => {
+  const root = document.getElementById("job");
+  const jobId = root.dataset.jobId;
+  const $ = (id) => document.getElementById(id);
+  const { el } = gf;
+
+  const FINISHED = ["succeeded", "failed", "cancelled"];
+  const MAX_POINTS = 2000;
+  // A live series longer than this is fetched again, downsampled by the server.
+  const REFETCH_ABOVE = 4 * MAX_POINTS;
+  const CHART_HEIGHT = 190;
+
+  /* Chart groups, in page order; a chart shows the group's series the job has. */
+  const GROUPS = [
+    { key: "loss", title: "Losses", names: ["loss/d", "loss/g", "loss/penalty"] },
+    { key: "d", title: "D outputs (mean logits)", names: ["d/real", "d/fake"] },
+    { key: "grad", title: "Gradient norms", names: ["grad_norm/d", "grad_norm/g"], logY: true },
+    { key: "audit", title: "Gradient-leak audit", names: ["audit/leak_d", "audit/leak_g"], kind: "audit",
+      colors: ["#d1495b", "#e9a03b"] },
+    { key: "eval", title: "Evaluation", kind: "eval",
+      names: ["eval/modes", "eval/hq", "eval/classifier_score", "eval/fcd"] },
+    { key: "perf", title: "Throughput", names: ["perf/steps_per_s"], colors: ["#4d7f17"] },
+  ];
+
+  const state = {
+    job: null,
+    series: {}, // metric name -> {step: [], value: []}, ascending steps
+    lastStep: {}, // metric name -> the last step held
+    plots: {}, // group key -> uPlot
+    shown: {}, // group key -> the names its plot was built with
+    loading: 0, // metric fetches in flight: SSE points wait in `pending` meanwhile
+    pending: [],
+    samples: [], // {id, step, url}, by step
+    sampleId: null, // the sample on show; null: follow the latest
+    checkpoints: [],
+    source: null,
+    timer: null,
+    refetchTimer: null,
+    checkpointTimer: null,
+    genUrl: null,
+    lossHistory: [], // lengths of the loss plot's data after each update (for tests)
+  };
+  window.gfJob = { id: jobId, state, plots: state.plots };
+
+  /* ---- formatting ------------------------------------------------------------------- */
+
+  function fmt(v) {
+    if (v === null || v === undefined) return "–";
+    if (!isFinite(v)) return String(v);
+    if (v === 0) return "0";
+    const a = Math.abs(v);
+    if (a >= 1e5 || a < 1e-3) return v.toExponential(2);
+    if (a >= 100) return v.toFixed(0);
+    return String(Number(v.toPrecision(4)));
+  }
+
+  function bytes(n) {
+    const units = ["B", "KB", "MB", "GB", "TB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return `${i ? n.toFixed(n < 10 ? 1 : 0) : n} ${units[i]}`;
+  }
+
+  const isActive = (job) => job && !FINISHED.includes(job.status);
+
+  /* ---- header, timeline, warnings, error --------------------------------------------- */
+
+  function renderJob() {
+    const job = state.job;
+    if (!job) return;
+    const name = job.name || `Job ${job.id.slice(0, 8)}`;
+    $("job-name").textContent = name;
+    document.title = `${name} · ganforge`;
+    $("job-status").replaceWith(Object.assign(gf.badge(job.status), { id: "job-status" }));
+    $("job-tags").replaceChildren(...job.tags.map((t) => el("span", { class: "tag", text: t })));
+    renderProgress();
+    $("job-cancel").hidden = !["queued", "running"].includes(job.status);
+    $("job-resume").hidden = !["failed", "cancelled"].includes(job.status);
+
+    const error = $("job-error");
+    error.hidden = !job.error;
+    $("job-error-text").textContent = job.error || "";
+    error.querySelector("strong").textContent =
+      job.status === "failed" ? "The job failed." : "Error";
+
+    $("job-warnings").replaceChildren(
+      ...job.warnings.map((w) => el("div", { class: "warning", role: "note" }, el("strong", { text: "Warning: " }), w))
+    );
+    renderTimeline();
+    if ($("spec").dataset.filled !== "1") {
+      $("spec").textContent = JSON.stringify(job.spec, null, 2);
+      $("spec").dataset.filled = "1";
+    }
+    const live = isActive(job);
+    $("charts-empty").textContent = live ? "No metric points yet." : "This job recorded no metric points.";
+    $("samples-empty").textContent = live ? "No samples yet." : "This job saved no samples.";
+    $("checkpoints-empty").textContent = live ? "No checkpoints yet." : "This job wrote no checkpoint.";
+    updateGenerateHint();
+    tick();
+    if (isActive(job) && !state.timer) state.timer = setInterval(tick, 1000);
+    if (!isActive(job) && state.timer) { clearInterval(state.timer); state.timer = null; }
+  }
+
+  function renderProgress() {
+    const job = state.job;
+    const progress = $("job-progress");
+    progress.max = Math.max(1, job.steps);
+    progress.value = Math.min(job.step, job.steps);
+    const pct = job.steps ? Math.floor((100 * job.step) / job.steps) : 0;
+    $("job-step").textContent = `step ${job.step.toLocaleString()} / ${job.steps.toLocaleString()} (${pct}%)`;
+  }
+
+  function tick() {
+    const job = state.job;
+    if (!job) return;
+    const { elapsed, remaining } = gf.timing(job);
+    let text = "";
+    if (elapsed === null) text = job.status === "queued" ? "waiting for a worker" : "not started";
+    else if (!isActive(job)) text = `ran ${gf.duration(elapsed)}`;
+    else {
+      text = `elapsed ${gf.duration(elapsed)}`;
+      if (remaining !== null) text += ` · about ${gf.duration(remaining)} left`;
+    }
+    $("job-timing").textContent = text;
+  }
+
+  function renderTimeline() {
+    const job = state.job;
+    const item = (label, iso, cls, extra) =>
+      el("li", { class: iso ? `done ${cls || ""}` : "pending" },
+        el("span", { class: "dot", "aria-hidden": "true" }),
+        el("span", { class: "what", text: label }),
+        iso ? el("time", { datetime: iso, text: gf.when(iso) }) : el("span", { class: "muted", text: "not yet" }),
+        extra || null);
+    const finishedLabel = FINISHED.includes(job.status) ? gf.badge(job.status) : null;
+    $("timeline").replaceChildren(
+      item("Created", job.created_at),
+      item("Started", job.started_at),
+      item("Finished", job.finished_at, job.status, finishedLabel),
+    );
+    const attempt = job.attempt || 0;
+    $("job-attempt").textContent = attempt > 1
+      ? `Attempt ${attempt} (resumed ${attempt - 1} time${attempt > 2 ? "s" : ""}); the times are this attempt's.`
+      : `Attempt ${attempt}.`;
+  }
+
+  async function act(what) {
+    const button = $(what === "cancel" ? "job-cancel" : "job-resume");
+    button.disabled = true;
+    try {
+      const job = await gf.api(`/api/jobs/${jobId}/${what}`, { method: "POST" });
+      const resumed = what === "resume";
+      onJob(job);
+      gf.toast(resumed ? "Resumed: the job is queued again" : "Cancel requested");
+      if (resumed) {
+        // The worker rewinds what was recorded after the checkpoint: load everything again.
+        resetMetrics();
+        loadMetrics();
+        loadSamples();
+        loadCheckpoints();
+        startFollow();
+      }
+    } catch (err) {
+      gf.toast(`${what}: ${err.message}`, 6000);
+      refreshJob();
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function refreshJob() {
+    try { onJob(await gf.api(`/api/jobs/${jobId}`)); } catch (err) { gf.toast(err.message); }
+  }
+
+  /* ---- charts ------------------------------------------------------------------------ */
+
+  function resetMetrics() {
+    for (const key of Object.keys(state.plots)) { state.plots[key].destroy(); delete state.plots[key]; }
+    state.series = {};
+    state.lastStep = {};
+    state.shown = {};
+    state.lossHistory.length = 0;
+    $("charts").replaceChildren();
+  }
+
+  async function loadMetrics() {
+    state.loading++;
+    try {
+      const body = await gf.api(`/api/jobs/${jobId}/metrics?max_points=${MAX_POINTS}`);
+      state.series = {};
+      state.lastStep = {};
+      for (const [name, s] of Object.entries(body.series)) {
+        state.series[name] = { step: s.step.slice(), value: s.value.slice() };
+        state.lastStep[name] = s.step.length ? s.step[s.step.length - 1] : -1;
+      }
+    } catch (err) {
+      gf.toast(`metrics: ${err.message}`);
+    } finally {
+      state.loading--;
+    }
+    const waiting = state.pending.splice(0);
+    for (const columns of waiting) merge(columns);
+    updateCharts();
+  }
+
+  /** Append the points after the last step held (the stream starts from the beginning). */
+  function merge(columns) {
+    let longest = 0;
+    for (const [name, s] of Object.entries(columns)) {
+      const held = state.series[name] || (state.series[name] = { step: [], value: [] });
+      const last = state.lastStep[name] ?? -1;
+      for (let i = 0; i < s.step.length; i++) {
+        if (s.step[i] > last) { held.step.push(s.step[i]); held.value.push(s.value[i]); }
+      }
+      if (held.step.length) state.lastStep[name] = held.step[held.step.length - 1];
+      longest = Math.max(longest, held.step.length);
+    }
+    return longest;
+  }
+
+  function onMetrics(columns) {
+    if (state.loading) { state.pending.push(columns); return; }
+    const longest = merge(columns);
+    updateCharts();
+    if (longest > REFETCH_ABOVE && !state.refetchTimer) {
+      state.refetchTimer = setTimeout(() => { state.refetchTimer = null; loadMetrics(); }, 2000);
+    }
+  }
+
+  function present(group) {
+    return group.names.filter((n) => state.series[n] && state.series[n].step.length);
+  }
+
+  /** [xs, ys...] on one x axis: `undefined` where a series has no point (uPlot spans it),
+   * null where the value was not finite (a gap). Log axes cannot show values <= 0. */
+  function plotData(group, names) {
+    const columns = names.map((n) => state.series[n]);
+    const steps = new Set();
+    for (const c of columns) for (const s of c.step) steps.add(s);
+    const xs = [...steps].sort((a, b) => a - b);
+    const index = new Map(xs.map((x, i) => [x, i]));
+    const ys = columns.map((c) => {
+      const y = new Array(xs.length).fill(undefined);
+      c.step.forEach((s, i) => {
+        const v = c.value[i];
+        y[index.get(s)] = group.logY && v !== null && v <= 0 ? null : v;
+      });
+      return y;
+    });
+    return [xs, ...ys];
+  }
+
+  function updateCharts() {
+    let any = false;
+    for (const group of GROUPS) {
+      const names = present(group);
+      if (!names.length) continue;
+      any = true;
+      const card = chartCard(group);
+      const plot = state.plots[group.key];
+      if (!plot || state.shown[group.key].join() !== names.join()) {
+        if (plot) plot.destroy();
+        state.shown[group.key] = names;
+        state.plots[group.key] = buildPlot(group, names, card.querySelector(".chart"));
+      } else {
+        plot.setData(plotData(group, names), !plot.gfZoomed);
+      }
+      if (group.kind === "audit") auditNote(card, names);
+      if (group.key === "loss") {
+        state.lossHistory.push(state.plots.loss.data[0].length);
+        if (state.lossHistory.length > 200) state.lossHistory.splice(0, 100);
+      }
+    }
+    $("charts-empty").hidden = any;
+  }
+
+  function chartCard(group) {
+    let card = $(`chart-${group.key}`);
+    if (card) return card;
+    const titleId = `chart-${group.key}-title`;
+    card = el("section", { class: "card chart-card", id: `chart-${group.key}`, "aria-labelledby": titleId, "data-group": group.key },
+      el("h3", { class: "chart-title", id: titleId, text: group.title }),
+      el("div", { class: "chart", role: "img" }),
+      group.kind === "audit" ? el("p", { class: "chart-note", "aria-live": "polite" }) : null);
+    // Keep the page order of GROUPS whatever order the metrics appear in.
+    const order = GROUPS.map((g) => g.key);
+    const after = [...$("charts").children].find(
+      (c) => order.indexOf(c.dataset.group) > order.indexOf(group.key));
+    $("charts").insertBefore(card, after || null);
+    return card;
+  }
+
+  function buildPlot(group, names, container) {
+    const dual = group.kind === "eval" && names.length > 1;
+    container.setAttribute("aria-label",
+      `${group.title}: ${names.join(", ")} by step${group.logY ? " (log scale)" : ""}`);
+    const series = [{ label: "step", value: (u, v) => (v == null ? "–" : v.toLocaleString()) }];
+    names.forEach((name, i) => {
+      const color = (group.colors && group.colors[i]) || gf.PALETTE[i % gf.PALETTE.length];
+      series.push({
+        label: name,
+        stroke: color,
+        width: group.kind === "audit" ? 2 : 1.5,
+        scale: dual && i > 0 ? "y2" : "y",
+        spanGaps: false,
+        points: group.kind === "eval" ? { show: true, size: 6, fill: color } : { show: false },
+        value: (u, v) => fmt(v),
+      });
+    });
+    const scales = { x: { time: false }, y: {} };
+    if (group.logY) scales.y = { distr: 3, log: 10 };
+    const ySplits = group.logY ? logSplits : undefined;
+    if (group.kind === "audit") {
+      // Zero at the bottom with a margin, so an all-zero run draws a clear line.
+      scales.y = { range: (u, min, max) => {
+        const top = max > 0 && isFinite(max) ? max * 1.15 : 1;
+        return [-0.06 * top, top];
+      } };
+    }
+    const axes = [
+      { label: "step", labelSize: 18, size: 36 },
+      { scale: "y", size: 56, values: axisValues, splits: ySplits, labelSize: 18 },
+    ];
+    if (group.kind === "eval") {
+      scales.y = { range: evalRange(names[0]) };
+      axes[1].label = evalLabel(names[0]);
+      if (names[0] === "eval/modes") axes[1].incrs = [1, 2, 5, 10, 20, 50, 100];
+      if (dual) {
+        scales.y2 = { range: evalRange(names[1]) };
+        axes.push({ scale: "y2", side: 1, size: 56, grid: { show: false }, label: evalLabel(names[1]),
+          labelSize: 18, values: axisValues });
+      }
+    }
+    const hooks = {
+      setScale: [(u, key) => {
+        if (key !== "x") return;
+        const xs = u.data[0];
+        u.gfZoomed = xs.length > 1 && (u.scales.x.min > xs[0] || u.scales.x.max < xs[xs.length - 1]);
+      }],
+    };
+    if (group.kind === "audit") hooks.drawAxes = [drawZeroLine];
+    const opts = {
+      width: Math.max(240, container.clientWidth || 360),
+      height: CHART_HEIGHT,
+      scales, axes, series, hooks,
+      legend: { live: true },
+      cursor: { drag: { x: true, y: false } },
+    };
+    const plot = new uPlot(opts, plotData(group, names), container);
+    plot.gfZoomed = false;
+    if (window.ResizeObserver) {
+      const observer = new ResizeObserver(() => {
+        const width = Math.max(240, container.clientWidth);
+        if (width !== plot.width) plot.setSize({ width, height: CHART_HEIGHT });
+      });
+      observer.observe(container);
+      const destroy = plot.destroy.bind(plot);
+      plot.destroy = () => { observer.disconnect(); destroy(); };
+    }
+    return plot;
+  }
+
+  /** How many modes the job's data has (ring, grid), or null. */
+  function modeCount() {
+    const data = state.job && state.job.spec.data;
+    if (!data) return null;
+    if (data.kind === "ring") return data.modes;
+    if (data.kind === "grid") return data.size * data.size;
+    return null;
+  }
+
+  function evalLabel(name) {
+    const modes = modeCount();
+    if (name === "eval/modes") return modes ? `modes (of ${modes})` : "modes";
+    return { "eval/hq": "high-quality fraction", "eval/classifier_score": "classifier score" }[name] || name.slice(5);
+  }
+
+  /** Evaluation metrics on their natural scales, so that two series never coincide by
+   * auto-scaling alone: modes 0..all, hq 0..1, classifier score 0..10 (10 classes). */
+  function evalRange(name) {
+    const fixed = { "eval/hq": 1, "eval/classifier_score": 10, "eval/modes": modeCount() };
+    return (u, min, max) => {
+      const top = Math.max(fixed[name] || 0, isFinite(max) ? max : 0) || 1;
+      return [-0.04 * top, top * 1.06];
+    };
+  }
+
+  const axisValues = (u, ticks) => ticks.map((v) => (v == null ? "" : fmt(v)));
+
+  /** Log-axis ticks at 1, 2 and 5 times the powers of ten in view (fewer when it spans many). */
+  function logSplits(u, axis, min, max) {
+    const out = [];
+    if (!(min > 0) || !(max > 0)) return out;
+    const lo = Math.floor(Math.log10(min)), hi = Math.ceil(Math.log10(max));
+    const steps = hi - lo <= 3 ? [1, 2, 5] : [1];
+    for (let e = lo; e <= hi; e++) {
+      for (const m of steps) {
+        const v = m * 10 ** e;
+        if (v >= min * 0.999 && v <= max * 1.001) out.push(Number(v.toPrecision(3)));
+      }
+    }
+    return out;
+  }
+
+  function drawZeroLine(u) {
+    const y = Math.round(u.valToPos(0, "y", true));
+    const { left, width } = u.bbox;
+    const ratio = window.devicePixelRatio || 1;
+    const ctx = u.ctx;
+    ctx.save();
+    ctx.strokeStyle = "#1a7f37";
+    ctx.lineWidth = 1.5 * ratio;
+    ctx.setLineDash([6 * ratio, 4 * ratio]);
+    ctx.beginPath();
+    ctx.moveTo(left, y);
+    ctx.lineTo(left + width, y);
+    ctx.stroke();
+    ctx.setLineDash([]);
+    ctx.fillStyle = "#1a7f37";
+    ctx.font = `${11 * ratio}px system-ui, sans-serif`;
+    ctx.textBaseline = "bottom";
+    ctx.textAlign = "left";
+    ctx.fillText("0 = no leak", left + 6 * ratio, y - 3 * ratio);
+    ctx.restore();
+  }
+
+  function auditNote(card, names) {
+    const parts = [];
+    let leak = false;
+    for (const name of names) {
+      const s = state.series[name];
+      let max = -Infinity, at = null;
+      s.value.forEach((v, i) => { if (v !== null && v > max) { max = v; at = s.step[i]; } });
+      if (max > 0) { leak = true; parts.push(`${name} max ${fmt(max)} at step ${at.toLocaleString()}`); }
+    }
+    const note = card.querySelector(".chart-note");
+    note.className = `chart-note ${leak ? "leak" : "no-leak"}`;
+    note.textContent = leak
+      ? `Leak: ${parts.join("; ")}. An optimizer stepped on gradient from the other network's loss.`
+      : "0.0 at every step: no leak";
+  }
+
+  /* ---- samples ----------------------------------------------------------------------- */
+
+  async function loadSamples() {
+    try {
+      const body = await gf.api(`/api/jobs/${jobId}/samples`);
+      state.samples = [];
+      for (const s of body.items) addSample(s, false);
+      renderSamples();
+    } catch (err) {
+      gf.toast(`samples: ${err.message}`);
+    }
+  }
+
+  function addSample(sample, render = true) {
+    if (state.samples.some((s) => s.id === sample.id)) return;
+    state.samples.push(sample);
+    state.samples.sort((a, b) => a.step - b.step || a.id - b.id);
+    if (render) renderSamples();
+  }
+
+  function currentIndex() {
+    if (state.sampleId === null) return state.samples.length - 1;
+    const i = state.samples.findIndex((s) => s.id === state.sampleId);
+    return i < 0 ? state.samples.length - 1 : i;
+  }
+
+  function renderSamples() {
+    const n = state.samples.length;
+    $("samples-empty").hidden = n > 0;
+    $("samples-body").hidden = n === 0;
+    if (!n) return;
+    const slider = $("sample-slider");
+    slider.max = String(n - 1);
+    slider.disabled = n < 2;
+    showSample(currentIndex());
+  }
+
+  function showSample(i) {
+    const s = state.samples[i];
+    if (!s) return;
+    const last = i === state.samples.length - 1;
+    state.sampleId = last ? null : s.id; // at the latest: keep following new ones
+    const slider = $("sample-slider");
+    slider.value = String(i);
+    slider.setAttribute("aria-valuetext", `step ${s.step}`);
+    $("sample-step-label").textContent = `step ${s.step.toLocaleString()}`;
+    $("sample-count").textContent = `${i + 1} of ${state.samples.length}${last ? " (latest)" : ""}`;
+    const img = $("sample-img");
+    if (img.getAttribute("src") !== s.url) img.src = s.url;
+    img.alt = `Samples at step ${s.step}`;
+    $("sample-download").href = `${s.url}?download=1`;
+    $("sample-download").setAttribute("download", `${jobId}-step_${String(s.step).padStart(6, "0")}.png`);
+    const dialog = $("sample-dialog");
+    if (dialog.open) fillDialog(s);
+  }
+
+  function fillDialog(s) {
+    $("sample-dialog-title").textContent = `Samples at step ${s.step.toLocaleString()}`;
+    const img = $("sample-dialog-img");
+    img.src = s.url;
+    img.alt = `Samples at step ${s.step}, full size`;
+  }
+
+  function openDialog() {
+    const s = state.samples[currentIndex()];
+    if (!s) return;
+    fillDialog(s);
+    $("sample-dialog").showModal();
+  }
+
+  /* ---- checkpoints and generation ---------------------------------------------------- */
+
+  async function loadCheckpoints() {
+    try {
+      const body = await gf.api(`/api/jobs/${jobId}/checkpoints`);
+      state.checkpoints = body.items;
+      renderCheckpoints();
+    } catch (err) {
+      gf.toast(`checkpoints: ${err.message}`);
+    }
+  }
+
+  /** While running: look again once the step passes the next checkpoint interval. */
+  function maybeRefreshCheckpoints(step) {
+    const every = state.job && state.job.spec.every ? state.job.spec.every.checkpoint : 0;
+    const have = state.checkpoints.length ? state.checkpoints[state.checkpoints.length - 1].step : 0;
+    if (!every || step < have + every || state.checkpointTimer) return;
+    state.checkpointTimer = setTimeout(() => { state.checkpointTimer = null; loadCheckpoints(); }, 700);
+  }
+
+  function renderCheckpoints() {
+    const items = state.checkpoints;
+    $("checkpoints-empty").hidden = items.length > 0;
+    $("checkpoints-wrap").hidden = items.length === 0;
+    $("checkpoints").tBodies[0].replaceChildren(...items.slice().reverse().map((c) => el("tr", {},
+      el("td", { class: "num", text: c.step.toLocaleString() }),
+      el("td", { class: "num", text: bytes(c.size) }),
+      el("td", {}, el("code", { title: c.sha256, text: `${c.sha256.slice(0, 12)}…` })),
+      el("td", { class: "actions" },
+        el("a", { href: c.url, download: `${jobId}-step_${String(c.step).padStart(6, "0")}.safetensors`,
+          "aria-label": `Download the checkpoint of step ${c.step}`, text: "Download" }),
+        " ",
+        el("a", { href: `${c.url}?part=sidecar`, class: "muted small",
+          "aria-label": `Download the JSON sidecar of step ${c.step}`, text: "sidecar" })),
+    )));
+    const select = $("gen-step");
+    const chosen = select.value;
+    select.replaceChildren(
+      el("option", { value: "", text: items.length ? `latest (step ${items[items.length - 1].step})` : "latest" }),
+      ...items.slice().reverse().map((c) => el("option", { value: String(c.step), text: `step ${c.step}` })));
+    select.value = [...select.options].some((o) => o.value === chosen) ? chosen : "";
+    updateGenerateHint();
+  }
+
+  function updateGenerateHint() {
+    const none = state.checkpoints.length === 0;
+    $("gen-submit").disabled = none || $("gen-submit").dataset.busy === "1";
+    const hint = $("gen-hint");
+    hint.hidden = !none;
+    if (none && state.job) {
+      const every = state.job.spec.every ? state.job.spec.every.checkpoint : 0;
+      hint.textContent = isActive(state.job)
+        ? `Generation needs a checkpoint; the first is written at step ${every || state.job.steps}.`
+        : "This job wrote no checkpoint: nothing to generate from.";
+    }
+  }
+
+  function filename(disposition, fallback) {
+    const m = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(disposition || "");
+    return m ? decodeURIComponent(m[1]) : fallback;
+  }
+
+  async function generate(event) {
+    event.preventDefault();
+    const form = $("generate-form");
+    if (!form.reportValidity()) return;
+    const n = $("gen-n").value.trim();
+    const seed = $("gen-seed").value.trim();
+    const format = $("gen-format").value;
+    const step = $("gen-step").value;
+    // Written by hand so that a seed beyond 2^53 keeps every digit.
+    const body = `{"n": ${Number.parseInt(n, 10)}, "seed": ${seed}, "format": "${format}"` +
+      (step ? `, "step": ${Number.parseInt(step, 10)}` : "") + "}";
+    const button = $("gen-submit");
+    button.dataset.busy = "1";
+    button.disabled = true;
+    button.textContent = "Generating…";
+    $("gen-error").textContent = "";
+    try {
+      const answer = await fetch(`/api/jobs/${jobId}/generate`, {
+        method: "POST", headers: { "content-type": "application/json" }, body,
+      });
+      if (!answer.ok) {
+        const type = answer.headers.get("content-type") || "";
+        const detail = type.includes("json") ? (await answer.json()).detail : await answer.text();
+        throw new gf.ApiError(answer.status, detail);
+      }
+      const blob = await answer.blob();
+      const shape = (answer.headers.get("x-shape") || "").split(",").join(" × ");
+      const used = answer.headers.get("x-checkpoint-step") || step || "latest";
+      const name = filename(answer.headers.get("content-disposition"),
+        `${jobId}-step_${used}-seed_${seed}.${format}`);
+      if (state.genUrl) URL.revokeObjectURL(state.genUrl);
+      state.genUrl = URL.createObjectURL(blob);
+      const link = el("a", { href: state.genUrl, download: name, class: "button", text: format === "png" ? "Download PNG" : "Save again" });
+      const caption = el("p", { class: "small" }, el("strong", { text: name }), el("br"),
+        `${shape} from the checkpoint of step ${used}, seed ${seed} (${bytes(blob.size)})`);
+      if (format === "png") {
+        $("gen-result").replaceChildren(
+          el("img", { src: state.genUrl, alt: `${n} generated samples, checkpoint step ${used}, seed ${seed}`, class: "gen-img" }),
+          caption, link);
+      } else {
+        $("gen-result").replaceChildren(caption, link);
+        // Save it at once, as a download of the server's file would be.
+        const save = el("a", { href: state.genUrl, download: name, hidden: true });
+        document.body.append(save);
+        save.click();
+        save.remove();
+      }
+    } catch (err) {
+      const message = err instanceof gf.ApiError ? err.message : `generation failed: ${err.message}`;
+      $("gen-error").textContent = err.status === 409 || err.status === 422 || err.status === 404
+        ? message : `${err.status || ""} ${message}`.trim();
+    } finally {
+      button.dataset.busy = "";
+      button.textContent = "Generate";
+      updateGenerateHint();
+    }
+  }
+
+  /* ---- the event stream --------------------------------------------------------------- */
+
+  function onJob(job) {
+    const before = state.job && state.job.status;
+    state.job = job;
+    renderJob();
+    if (before && before !== job.status && FINISHED.includes(job.status)) {
+      gf.toast(`The job ${job.status}`);
+      loadCheckpoints();
+    }
+  }
+
+  function onProgress(p) {
+    if (!state.job) return;
+    Object.assign(state.job, { step: p.step, steps: p.steps, status: p.status });
+    renderProgress();
+    tick();
+    maybeRefreshCheckpoints(p.step);
+  }
+
+  /** What the page already holds, so the stream starts after it. */
+  function held() {
+    const steps = Object.values(state.lastStep);
+    const ids = state.samples.map((s) => s.id);
+    return {
+      step: steps.length ? Math.min(...steps) : -1,
+      sample: ids.length ? Math.max(...ids) : 0,
+    };
+  }
+
+  function startFollow(since = {}) {
+    if (state.source) state.source.close();
+    state.source = gf.follow(jobId, {
+      job: onJob,
+      progress: onProgress,
+      metrics: onMetrics,
+      sample: (s) => addSample(s),
+      end: () => {
+        state.source = null;
+        loadCheckpoints();
+      },
+    }, since);
+    window.gfJob.source = state.source;
+  }
+
+  /* ---- wiring --------------------------------------------------------------------------- */
+
+  $("job-cancel").addEventListener("click", () => act("cancel"));
+  $("job-resume").addEventListener("click", () => act("resume"));
+  $("sample-slider").addEventListener("input", (e) => showSample(Number(e.target.value)));
+  $("sample-open").addEventListener("click", openDialog);
+  $("sample-dialog-close").addEventListener("click", () => $("sample-dialog").close());
+  $("sample-dialog").addEventListener("click", (e) => {
+    if (e.target === e.currentTarget) e.currentTarget.close(); // a click on the backdrop
+  });
+  $("sample-dialog").addEventListener("keydown", (e) => {
+    if (e.key !== "ArrowLeft" && e.key !== "ArrowRight") return;
+    e.preventDefault();
+    const i = currentIndex() + (e.key === "ArrowRight" ? 1 : -1);
+    if (i >= 0 && i < state.samples.length) showSample(i);
+  });
+  $("generate-form").addEventListener("submit", generate);
+  $("spec-copy").addEventListener("click", async () => {
+    const text = $("spec").textContent;
+    try {
+      await navigator.clipboard.writeText(text);
+      gf.toast("Spec copied");
+    } catch {
+      const range = document.createRange();
+      range.selectNodeContents($("spec"));
+      const selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      gf.toast("Spec selected: press Ctrl+C to copy");
+    }
+  });
+
+  async function start() {
+    let job;
+    try {
+      job = await gf.api(`/api/jobs/${jobId}`);
+    } catch (err) {
+      gf.toast(err.message, 8000);
+      return;
+    }
+    onJob(job);
+    await Promise.all([loadMetrics(), loadSamples(), loadCheckpoints()]);
+    // The stream starts after what was just fetched (nothing is sent twice).
+    if (isActive(state.job)) startFollow(held());
+    window.gfJob.ready = true;
+  }
+  start();
+})();
