@@ -12,7 +12,9 @@ Events (each `data:` is JSON):
 
 The server polls the database (the source of truth, shared with the workers) every
 `poll` seconds. Each event's id is `<metric step>:<sample id>`: a reconnecting EventSource
-sends it back as Last-Event-ID and the stream continues from there without repeats.
+sends it back as Last-Event-ID and the stream continues from there without repeats; a
+first connection can start past what the page already has with `since_step` and
+`since_sample`.
 """
 
 from __future__ import annotations
@@ -95,11 +97,24 @@ async def job_events(
     request: Request,
     job_id: Annotated[str, Depends(_existing_job)],
     poll: Annotated[float, Query(ge=0.05, le=10, description="seconds between looks")] = 0.5,
+    since_step: Annotated[
+        int | None, Query(ge=-1, description="send metric points after this step only")
+    ] = None,
+    since_sample: Annotated[
+        int | None, Query(ge=0, description="send samples with a larger id only")
+    ] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> AsyncIterator[ServerSentEvent]:
-    """Live updates of one job until it finishes (see the module docstring for the events)."""
+    """Live updates of one job until it finishes (see the module docstring for the events).
+
+    A page that has just fetched the metrics and samples passes `since_step` and
+    `since_sample` so the stream does not send them again; a reconnecting EventSource's
+    Last-Event-ID takes precedence."""
     factory: sessionmaker[Session] = request.app.state.sessions
     cursor = _Cursor(last_event_id)
+    if not last_event_id:
+        cursor.step = -1 if since_step is None else since_step
+        cursor.sample_id = since_sample or 0
     seen: dict[str, Any] = {}
     while True:
         state = await run_in_threadpool(_poll, factory, job_id, cursor)

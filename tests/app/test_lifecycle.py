@@ -6,6 +6,8 @@ worker relies on (the end-to-end runs are in tests/service).
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import select
 
 from app import jobs
@@ -137,3 +139,20 @@ def test_queues_by_device_and_the_worker_settings_the_service_relies_on():
     config = celery_config(Settings(broker_url="redis://127.0.0.1:6379/0"))
     assert config["worker_prefetch_multiplier"] == 1 and config["task_acks_late"]
     assert config["broker_transport_options"]["visibility_timeout"] >= 24 * 3600
+
+
+def test_events_start_after_what_the_page_already_has(client):
+    from app.metricstore import insert_points
+
+    job = _job(client)
+    engine = client.app.state.sessions.kw["bind"]
+    with engine.begin() as conn:
+        insert_points(conn, job["id"], [("loss/d", s, float(s)) for s in (5, 10, 15, 20)])
+    client.post(f"/api/jobs/{job['id']}/cancel")
+    for query, steps in (("", [5, 10, 15, 20]), ("?since_step=10", [15, 20])):
+        with client.stream("GET", f"/api/jobs/{job['id']}/events{query}") as stream:
+            lines = [ln for ln in stream.iter_lines() if ln.startswith("data:")]
+        metrics = [json.loads(ln[5:]) for ln in lines if "loss/d" in ln]
+        assert [s for m in metrics for s in m["loss/d"]["step"]] == steps
+    bad = client.get(f"/api/jobs/{job['id']}/events?since_step=-5")
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "since_step"

@@ -89,9 +89,17 @@ const gf = (() => {
     toast.timer = setTimeout(() => (box.textContent = ""), ms);
   }
 
-  /** Follow a job's Server-Sent Events; handlers by event name get the parsed data. */
-  function follow(jobId, handlers) {
-    const source = new EventSource(`/api/jobs/${jobId}/events`);
+  /**
+   * Follow a job's Server-Sent Events; handlers by event name get the parsed data.
+   * since: {step, sample}: skip metric points up to `step` and samples up to id `sample`
+   * (what the page has already fetched).
+   */
+  function follow(jobId, handlers, since = {}) {
+    const query = new URLSearchParams();
+    if (since.step !== undefined && since.step !== null) query.set("since_step", since.step);
+    if (since.sample) query.set("since_sample", since.sample);
+    const qs = query.toString();
+    const source = new EventSource(`/api/jobs/${jobId}/events${qs ? "?" + qs : ""}`);
     for (const name of ["job", "progress", "metrics", "sample", "end"]) {
       source.addEventListener(name, (e) => {
         const data = JSON.parse(e.data);
