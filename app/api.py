@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import jobs, queue, web
 from app.db import make_engine
-from app.deps import SessionDep, SettingsDep, StoreDep, job_or_404
+from app.deps import SessionDep, SettingsDep, StoreDep, job_or_404, unprocessable
 from app.models import JOB_STATUSES, Dataset, Job, JobTag
 from app.routes import artifacts, datasets, events, metrics, monitoring, specs
 from app.schemas import JobCreate, JobOut, JobPage
@@ -39,11 +39,6 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(created), job_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise HTTPException(422, "cursor: not a cursor this API returned") from None
-
-
-def unprocessable(field: str, reason: str) -> HTTPException:
-    """A 422 shaped like the request-validation ones: detail[].field and .message."""
-    return HTTPException(422, [{"field": field, "message": f"{field}: {reason}"}])
 
 
 @router.post("/jobs", status_code=201)

@@ -39,3 +39,8 @@ def job_or_404(session: Session, job_id: str) -> Job:
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
     return job
+
+
+def unprocessable(field: str, reason: str) -> HTTPException:
+    """A 422 shaped like the request-validation ones: detail[].field and .message."""
+    return HTTPException(422, [{"field": field, "message": f"{field}: {reason}"}])

@@ -109,3 +109,13 @@ def test_health_is_503_naming_an_unreachable_broker(database_url, tmp_path):
 def test_openapi_docs_are_served(client):
     assert client.get("/docs").status_code == 200
     assert "/api/jobs" in client.get("/openapi.json").json()["paths"]
+
+
+def test_non_finite_numbers_in_a_spec_are_a_422_naming_the_field(client):
+    # JSON has no Infinity/NaN, but Python's parser (and so FastAPI's) reads them.
+    body = '{"spec": {"data": {"radius": Infinity}, "ema": NaN}}'
+    answer = client.post("/api/jobs", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 422
+    fields = {d["field"]: d["message"] for d in answer.json()["detail"]}
+    assert "finite" in fields["spec.data.radius"] and "finite" in fields["spec.ema"]
+    assert client.get("/api/jobs").json()["items"] == []

@@ -1,0 +1,533 @@
+/* New job (/jobs/new): presets, a form for the common fields and a YAML/JSON editor holding the
+   whole spec, kept in sync both ways; checked with POST /api/specs/validate as you edit,
+   submitted with POST /api/jobs. `?from=<job id>` clones a job. */
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const form = $("nf-form");
+  const editor = $("nf-editor");
+  const formatSelect = $("nf-format");
+  const submitButton = $("nf-submit");
+  const tagsInput = $("f-tags");
+  const upload = $("nf-upload");
+  const useConv = $("nf-use-conv");
+  const controls = [...form.querySelectorAll("[data-path]")];
+  const DEBOUNCE_MS = 400;
+  // Errors of fields the form has no control for, shown at a related one.
+  const ALIASES = { "spec.data.path": "spec.data.dataset_id" };
+
+  const state = {
+    defaults: {}, // the default spec (GET /api/specs/defaults), to show what is left out
+    value: {}, // the editor's content, parsed (any YAML value)
+    spec: {}, // the last parsed content that was a mapping: what the form edits
+    format: "yaml",
+    parseError: null,
+    normalized: null, // the spec with defaults, from the last successful check
+    checkSeq: 0,
+    checkTimer: null,
+    editorTimer: null,
+  };
+
+  // ---- plain-object paths -------------------------------------------------------------
+
+  const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+  const has = (o, k) => Object.prototype.hasOwnProperty.call(o, k);
+
+  function getPath(obj, path) {
+    let o = obj;
+    for (const k of path.split(".")) {
+      if (!isObject(o) || !has(o, k)) return undefined;
+      o = o[k];
+    }
+    return o;
+  }
+
+  function setPath(obj, path, value) {
+    const keys = path.split(".");
+    let o = obj;
+    for (const k of keys.slice(0, -1)) {
+      if (!isObject(o[k])) o[k] = {};
+      o = o[k];
+    }
+    o[keys[keys.length - 1]] = value;
+  }
+
+  function deletePath(obj, path) {
+    const keys = path.split(".");
+    const chain = [obj];
+    for (const k of keys.slice(0, -1)) {
+      const next = chain[chain.length - 1][k];
+      if (!isObject(next)) return;
+      chain.push(next);
+    }
+    delete chain[chain.length - 1][keys[keys.length - 1]];
+    // A section emptied by the removal goes too (its defaults apply).
+    for (let i = chain.length - 1; i > 0; i--) {
+      if (Object.keys(chain[i]).length) break;
+      delete chain[i - 1][keys[i - 1]];
+    }
+  }
+
+  /** A copy of `value` with mapping keys in the order of `template` (the default spec). */
+  function ordered(value, template) {
+    if (Array.isArray(value)) return value.map((v) => ordered(v, undefined));
+    if (!isObject(value)) return value;
+    const out = {};
+    if (isObject(template)) {
+      for (const k of Object.keys(template)) if (has(value, k)) out[k] = ordered(value[k], template[k]);
+    }
+    for (const k of Object.keys(value)) if (!has(out, k)) out[k] = ordered(value[k], undefined);
+    return out;
+  }
+
+  // ---- the editor ---------------------------------------------------------------------
+
+  function serialize(spec) {
+    const value = ordered(spec, state.defaults);
+    if (state.format === "json") return JSON.stringify(value, null, 2) + "\n";
+    if (!Object.keys(value).length) return "{}\n";
+    return jsyaml.dump(value, { flowLevel: 2, lineWidth: -1 });
+  }
+
+  function parse(text) {
+    if (!text.trim()) return { value: {} };
+    try {
+      return { value: jsyaml.load(text) };
+    } catch (err) {
+      if (err && /input is empty/.test(err.reason || "")) return { value: {} }; // comments only
+      const mark = err && err.mark;
+      const where = mark ? ` (line ${mark.line + 1}, column ${mark.column + 1})` : "";
+      return { error: `spec: not valid YAML/JSON: ${(err && (err.reason || err.message)) || err}${where}` };
+    }
+  }
+
+  function setFormat(format) {
+    state.format = format;
+    formatSelect.value = format;
+  }
+
+  function writeEditor() {
+    editor.value = serialize(state.spec);
+    state.value = state.spec;
+    state.parseError = null;
+  }
+
+  /** Read the editor: the form follows it; false when it does not parse. `detect`: take
+      the format (YAML or JSON) from the text. */
+  function readEditor(detect = true) {
+    clearTimeout(state.editorTimer);
+    const text = editor.value;
+    const parsed = parse(text);
+    if (parsed.error) {
+      state.parseError = parsed.error;
+      showErrors([{ field: "spec", message: parsed.error }]);
+      showReport(null, "Fix the YAML to check the spec.");
+      return false;
+    }
+    state.parseError = null;
+    state.value = parsed.value;
+    if (isObject(parsed.value)) {
+      state.spec = parsed.value;
+      fillForm();
+    }
+    const first = text.trimStart()[0];
+    if (detect && first === "{") setFormat("json");
+    else if (detect && first !== undefined) setFormat("yaml");
+    return true;
+  }
+
+  editor.addEventListener("input", () => {
+    clearTimeout(state.editorTimer);
+    state.editorTimer = setTimeout(() => readEditor() && checkNow(), DEBOUNCE_MS);
+  });
+  editor.addEventListener("change", () => readEditor() && checkNow());
+  editor.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  formatSelect.addEventListener("change", () => {
+    state.format = formatSelect.value;
+    if (readEditor(false) && isObject(state.value)) writeEditor();
+  });
+  $("nf-expand").addEventListener("click", () => {
+    if (!state.normalized) return;
+    state.spec = structuredClone(state.normalized);
+    writeEditor();
+    fillForm();
+    checkNow();
+  });
+
+  // ---- the form -----------------------------------------------------------------------
+
+  function effective(path) {
+    const own = getPath(state.spec, path);
+    return own !== undefined ? own : getPath(state.defaults, path);
+  }
+
+  function display(value) {
+    if (value === undefined || value === null) return "";
+    return typeof value === "object" ? JSON.stringify(value) : String(value);
+  }
+
+  /** Show the spec's values (or the defaults) in every control but `except`. */
+  function fillForm(except = null) {
+    for (const control of controls) {
+      if (control === except || control.dataset.where !== "spec") continue;
+      const text = display(effective(control.dataset.path));
+      if (control.tagName === "SELECT") {
+        for (const extra of control.querySelectorAll("option[data-extra]")) extra.remove();
+        if (![...control.options].some((o) => o.value === text)) {
+          // A value the spec does not allow (the check says so): shown, not lost.
+          control.append(gf.el("option", { value: text, "data-extra": true, text: `${text} (not allowed)` }));
+        }
+      }
+      if (control.value !== text) control.value = text;
+    }
+  }
+
+  function onControl(control) {
+    if (!control.dataset || !control.dataset.path) return;
+    if (control.dataset.where === "spec") {
+      if (control.validity && control.validity.badInput) return; // half-typed number: wait
+      if (state.parseError) gf.toast("The editor had a YAML error; it now holds the form's spec.");
+      const path = control.dataset.path;
+      const raw = control.value.trim();
+      if (raw === "") deletePath(state.spec, path);
+      else if (control.dataset.kind === "number") setPath(state.spec, path, Number(raw));
+      else setPath(state.spec, path, raw);
+      if (path === "data.kind" && raw !== "array") {
+        deletePath(state.spec, "data.dataset_id");
+        deletePath(state.spec, "data.path");
+      }
+      writeEditor();
+      scheduleCheck();
+    } else {
+      // Tags are checked when the job is submitted; an edit clears their old error.
+      const box = control.closest(".nf-field");
+      box.querySelector(".nf-error").textContent = "";
+      control.removeAttribute("aria-invalid");
+    }
+  }
+
+  form.addEventListener("input", (e) => onControl(e.target));
+  form.addEventListener("change", (e) => {
+    if (e.target !== editor && e.target !== upload && e.target !== formatSelect) onControl(e.target);
+  });
+  // Leaving a field shows what it now means (an emptied field shows its default again).
+  form.addEventListener("focusout", (e) => {
+    if (e.target.dataset && e.target.dataset.where === "spec") fillForm();
+  });
+
+  function tags() {
+    return tagsInput.value.split(",").map((t) => t.trim()).filter(Boolean);
+  }
+
+  // ---- checking -----------------------------------------------------------------------
+
+  function setStatus(text) {
+    $("nf-state").textContent = text;
+  }
+
+  function scheduleCheck() {
+    clearTimeout(state.checkTimer);
+    state.checkSeq++; // an answer to an older request is now stale
+    setStatus("Checking…");
+    state.checkTimer = setTimeout(checkNow, DEBOUNCE_MS);
+  }
+
+  async function checkNow() {
+    clearTimeout(state.checkTimer);
+    if (state.parseError) return;
+    const seq = ++state.checkSeq;
+    setStatus("Checking…");
+    try {
+      const report = await gf.api("/api/specs/validate", { method: "POST", json: { spec: state.value } });
+      if (seq !== state.checkSeq) return;
+      state.normalized = report.spec;
+      showErrors([]);
+      showReport(report);
+    } catch (err) {
+      if (seq !== state.checkSeq) return;
+      state.normalized = null;
+      if (err instanceof gf.ApiError && err.status === 422) {
+        showErrors(Array.isArray(err.detail) ? err.detail : [{ field: "spec", message: err.message }]);
+        showReport(null, "Fix the errors to see whether this schedule leaks.");
+      } else {
+        showReport(null, "");
+        setStatus(`Could not check the spec: ${err.message}`);
+      }
+    }
+  }
+
+  function slotFor(field) {
+    let f = ALIASES[field] || field || "";
+    while (f && f !== "spec") {
+      const box = form.querySelector(`[data-field="${CSS.escape(f)}"]`);
+      if (box) return box;
+      const cut = f.lastIndexOf(".");
+      if (cut < 0) break;
+      f = f.slice(0, cut);
+    }
+    return null;
+  }
+
+  /** Each error next to its field; errors of fields the form lacks next to the editor. */
+  function showErrors(detail) {
+    for (const box of form.querySelectorAll(".nf-field")) {
+      box.querySelector(".nf-error").textContent = "";
+      const control = box.querySelector("input, select");
+      if (control) control.removeAttribute("aria-invalid");
+    }
+    editor.removeAttribute("aria-invalid");
+    const atEditor = [];
+    for (const d of detail) {
+      const message = d.message || gf.describeDetail([d]);
+      const box = slotFor(d.field);
+      if (box) {
+        const slot = box.querySelector(".nf-error");
+        slot.textContent = slot.textContent ? `${slot.textContent} ${message}` : message;
+        const control = box.querySelector("input, select");
+        if (control) control.setAttribute("aria-invalid", "true");
+      } else {
+        atEditor.push(message);
+      }
+    }
+    $("nf-editor-error").replaceChildren(...atEditor.map((m) => gf.el("p", { text: m })));
+    if (atEditor.length) editor.setAttribute("aria-invalid", "true");
+    if (detail.length) setStatus(`${detail.length} problem${detail.length > 1 ? "s" : ""}`);
+  }
+
+  function showReport(report, note = "") {
+    const leak = $("nf-leak");
+    const warnings = $("nf-warnings");
+    $("nf-expand").disabled = !report;
+    if (!report) {
+      leak.className = "nf-leak nf-wide muted";
+      leak.textContent = note;
+      warnings.replaceChildren();
+      $("nf-micro").textContent = "";
+      return;
+    }
+    const nets = [report.leaks.d && "D", report.leaks.g && "G"].filter(Boolean);
+    if (nets.length) {
+      leak.className = "nf-leak nf-wide warning";
+      leak.replaceChildren(
+        gf.el("strong", { text: `This schedule leaks gradient into ${nets.join(" and ")}: ` }),
+        `${nets.length > 1 ? "each network's" : `${nets[0]}'s`} optimizer steps on gradient from the ` +
+          "other network's loss. The job still runs (to study the mistake); the audit reports it as " +
+          "audit/leak_d and audit/leak_g."
+      );
+    } else {
+      leak.className = "nf-leak nf-wide nf-ok";
+      leak.textContent = "No gradient leak: each optimizer step uses only its own network's gradient.";
+    }
+    const k = report.spec.accumulation.steps;
+    $("nf-micro").textContent =
+      k > 1
+        ? `Micro-batches of ${report.micro_batch_size} (${report.spec.batch_size} / ${k}), one optimizer step per ${k}.`
+        : `One batch of ${report.spec.batch_size} per optimizer step.`;
+    if (report.warnings.length) {
+      warnings.replaceChildren(
+        gf.el("h2", { text: `Warnings (${report.warnings.length}): the job carries them` }),
+        gf.el("ul", {}, report.warnings.map((w) => gf.el("li", { class: "warning", text: w })))
+      );
+      setStatus(`Valid, ${report.warnings.length} warning${report.warnings.length > 1 ? "s" : ""}`);
+    } else {
+      warnings.replaceChildren();
+      setStatus("Valid");
+    }
+  }
+
+  // ---- presets ------------------------------------------------------------------------
+
+  function presetButton(preset) {
+    return gf.el(
+      "button",
+      {
+        type: "button",
+        class: "nf-preset",
+        "data-preset": preset.id,
+        "aria-pressed": "false",
+        onclick: () => applyPreset(preset),
+      },
+      gf.el("span", { class: "nf-preset-title", text: preset.title }),
+      gf.el("span", { class: "nf-preset-desc", text: preset.description })
+    );
+  }
+
+  function renderPresets(items) {
+    const byId = new Map(items.map((p) => [p.id, p]));
+    const shown = new Set();
+    const nodes = [];
+    for (const preset of items) {
+      if (shown.has(preset.id)) continue;
+      shown.add(preset.id);
+      const twin = preset.twin && byId.get(preset.twin);
+      if (!twin || shown.has(twin.id)) {
+        nodes.push(presetButton(preset));
+        continue;
+      }
+      shown.add(twin.id);
+      const titleId = `nf-pair-${preset.id}`;
+      nodes.push(
+        gf.el(
+          "div",
+          { class: "nf-pair", role: "group", "aria-labelledby": titleId },
+          gf.el("h3", { id: titleId, text: "The seed essay's update order, broken and fixed" }),
+          gf.el("p", { class: "nf-pair-diff", text: preset.difference }),
+          gf.el("div", { class: "nf-pair-buttons" }, presetButton(preset), presetButton(twin))
+        )
+      );
+    }
+    $("nf-presets").replaceChildren(...nodes);
+  }
+
+  function markPreset(id) {
+    for (const b of document.querySelectorAll(".nf-preset")) {
+      b.setAttribute("aria-pressed", String(b.dataset.preset === id));
+    }
+  }
+
+  function resetUpload() {
+    $("nf-upload-status").textContent = "";
+    $("nf-upload-error").textContent = "";
+    useConv.hidden = true;
+  }
+
+  function applyPreset(preset) {
+    state.spec = structuredClone(preset.spec);
+    writeEditor();
+    fillForm();
+    markPreset(preset.id);
+    resetUpload();
+    checkNow();
+  }
+
+  // ---- dataset upload -----------------------------------------------------------------
+
+  upload.addEventListener("change", async () => {
+    const file = upload.files && upload.files[0];
+    if (!file) return;
+    resetUpload();
+    $("nf-upload-status").textContent = `Uploading ${file.name}…`;
+    const body = new FormData();
+    body.append("file", file);
+    try {
+      const dataset = await gf.api("/api/datasets", { method: "POST", body });
+      if (!isObject(state.spec.data)) state.spec.data = {};
+      state.spec.data.kind = "array";
+      state.spec.data.dataset_id = dataset.id;
+      deletePath(state.spec, "data.path");
+      let note = "";
+      const conv = dataset.usable_with.includes("conv");
+      if (!conv && effective("model.kind") === "conv") {
+        setPath(state.spec, "model.kind", "mlp");
+        note = " model.kind is now mlp: conv takes square images of 8 to 64 px.";
+      }
+      useConv.hidden = !conv || effective("model.kind") === "conv";
+      $("nf-upload-status").textContent =
+        `Uploaded ${dataset.filename}: shape (${dataset.shape.join(", ")}), ${dataset.dtype}; ` +
+        `data.dataset_id ${dataset.id}.${note}`;
+      writeEditor();
+      fillForm();
+      checkNow();
+    } catch (err) {
+      $("nf-upload-status").textContent = "";
+      const message = err instanceof gf.ApiError ? err.message : `the upload failed (${err.message})`;
+      $("nf-upload-error").textContent = message;
+    }
+  });
+
+  useConv.addEventListener("click", () => {
+    setPath(state.spec, "model.kind", "conv");
+    useConv.hidden = true;
+    writeEditor();
+    fillForm();
+    checkNow();
+  });
+
+  // ---- submit -------------------------------------------------------------------------
+
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    $("nf-submit-error").textContent = "";
+    if (!readEditor()) {
+      editor.focus();
+      return;
+    }
+    clearTimeout(state.checkTimer);
+    state.checkSeq++; // a check still in flight must not overwrite what the submit says
+    submitButton.disabled = true;
+    setStatus("Submitting…");
+    try {
+      const job = await gf.api("/api/jobs", { method: "POST", json: { spec: state.value, tags: tags() } });
+      setStatus("Submitted");
+      window.location.assign(`/jobs/${encodeURIComponent(job.id)}`);
+    } catch (err) {
+      submitButton.disabled = false;
+      setStatus("");
+      if (err instanceof gf.ApiError && err.status === 422 && Array.isArray(err.detail)) {
+        showErrors(err.detail);
+        $("nf-submit-error").textContent = "Not submitted: fix the problems marked above.";
+        const first = form.querySelector("[aria-invalid=true]");
+        if (first) first.focus();
+      } else {
+        $("nf-submit-error").textContent = `Not submitted: ${err.message}`;
+      }
+    }
+  });
+
+  // ---- start --------------------------------------------------------------------------
+
+  async function cloneJob(jobId) {
+    const job = await gf.api(`/api/jobs/${encodeURIComponent(jobId)}`);
+    const spec = structuredClone(job.spec);
+    const base = job.name || spec.name || `job ${job.id.slice(0, 8)}`;
+    spec.name = `${base} (copy)`;
+    state.spec = spec;
+    writeEditor();
+    fillForm();
+    tagsInput.value = (job.tags || []).join(", ");
+    const note = $("nf-clone");
+    note.replaceChildren(
+      "A copy of ",
+      gf.el("a", { href: `/jobs/${encodeURIComponent(job.id)}`, text: base }),
+      ": change what you like and submit."
+    );
+    note.hidden = false;
+    checkNow();
+  }
+
+  async function start() {
+    const from = new URLSearchParams(window.location.search).get("from");
+    let presets = [];
+    try {
+      const [defaults, list] = await Promise.all([gf.api("/api/specs/defaults"), gf.api("/api/presets")]);
+      state.defaults = defaults;
+      presets = list.items;
+      renderPresets(presets);
+    } catch (err) {
+      $("nf-load-error").textContent = `Could not load the presets: ${err.message}`;
+    }
+    if (from) {
+      try {
+        await cloneJob(from);
+        return;
+      } catch (err) {
+        $("nf-load-error").textContent = `Cannot copy job ${from}: ${err.message}`;
+      }
+    }
+    const ring = presets.find((p) => p.id === "ring");
+    if (ring) applyPreset(ring);
+    else {
+      writeEditor();
+      fillForm();
+      checkNow();
+    }
+  }
+
+  start();
+})();
