@@ -197,6 +197,18 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     out = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
+        if err["type"] == "json_invalid" or loc == ["body"]:
+            # The body as a whole: not JSON, or JSON of the wrong kind (an array, say).
+            reason = str(err.get("ctx", {}).get("error", "")) or err["msg"]
+            message = (
+                f"body: not valid JSON ({reason})"
+                if err["type"] == "json_invalid"
+                else (f"body: {err['msg']}")
+            )
+            out.append(
+                {"field": "body", "message": message, "loc": err["loc"], "type": err["type"]}
+            )
+            continue
         if loc and loc[0] in ("body", "query", "path"):
             loc = loc[1:]
         # Errors inside the spec are described as `ganforge train` describes them.

@@ -119,3 +119,13 @@ def test_non_finite_numbers_in_a_spec_are_a_422_naming_the_field(client):
     fields = {d["field"]: d["message"] for d in answer.json()["detail"]}
     assert "finite" in fields["spec.data.radius"] and "finite" in fields["spec.ema"]
     assert client.get("/api/jobs").json()["items"] == []
+
+
+def test_a_body_that_is_not_a_json_object_is_a_422_naming_the_body(client):
+    for body in ("{not json", "[1, 2]"):
+        answer = client.post(
+            "/api/jobs", content=body, headers={"content-type": "application/json"}
+        )
+        assert answer.status_code == 422, body
+        detail = answer.json()["detail"][0]
+        assert detail["field"] == "body" and detail["message"].startswith("body: "), detail
