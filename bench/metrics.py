@@ -131,6 +131,19 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def timed_together(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median seconds of each of `fns`, run in turn `repeats` times after a warm-up."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times, strict=True):
+            started = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - started)
+    return [statistics.median(spent) for spent in times]
+
+
 def alternatives(engine: Engine, job_id: str, max_points: int) -> dict[str, float]:
     """Seconds (median of 3) of the approaches app.metricstore does not take, for
     comparison: on PostgreSQL bucketing in SQL, on SQLite fetching every point."""
@@ -222,8 +235,12 @@ def run_backend(label: str, url: str, args: argparse.Namespace) -> dict[str, obj
         job_id, seconds = long_series(engine, args.series)
         result["load"] = args.series / seconds
         print(f"{label}: {args.series:,} points in batches of 100,000: {seconds:.1f} s", flush=True)
-        settings = Settings(database_url=url, artifact_dir=Path(tempfile.mkdtemp()) / "artifacts")
-        with TestClient(create_app(settings, engine)) as client:
+        with (
+            tempfile.TemporaryDirectory() as artifacts,
+            TestClient(
+                create_app(Settings(database_url=url, artifact_dir=Path(artifacts)), engine)
+            ) as client,
+        ):
             path = f"/api/jobs/{job_id}/metrics"
             query = {"names": "loss/d", "max_points": args.max_points}
 
@@ -233,13 +250,14 @@ def run_backend(label: str, url: str, args: argparse.Namespace) -> dict[str, obj
                 series = answer.json()["series"]["loss/d"]
                 assert 0 < len(series["step"]) <= args.max_points
 
-            result["endpoint"] = timed(get, args.repeats)
+            def fetch_only() -> None:
+                with engine.connect() as conn:
+                    read_series(conn, job_id, ["loss/d"], None, args.max_points)
 
-        def fetch_only() -> None:
-            with engine.connect() as conn:
-                read_series(conn, job_id, ["loss/d"], None, args.max_points)
+            # Alternating, so that the machine's ups and downs hit both alike.
+            both = timed_together([get, fetch_only], args.repeats)
+            result["endpoint"], result["read_series"] = both
 
-        result["read_series"] = timed(fetch_only, args.repeats)
         print(
             f"{label}: GET {path}?max_points={args.max_points}: {result['endpoint']:.3f} s "
             f"(read_series alone {result['read_series']:.3f} s), median of {args.repeats}",
@@ -266,6 +284,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="markdown file to update")
     args = parser.parse_args()
 
+    load = os.getloadavg()[0]
     results = []
     with scratch_postgres() as url:
         results.append(run_backend("PostgreSQL", url, args))
@@ -275,7 +294,7 @@ def main() -> None:
     head = " | ".join(f"ingest, batches of {b:,} (points/s)" for b in args.batches)
     lines = [
         f"| backend | {head} | GET metrics, {args.series:,}-point series (s) "
-        "| of which read_series (s) |",
+        "| read_series alone (s) |",
         "| --- | " + "--- | " * len(args.batches) + "--- | --- |",
     ]
     for r in results:
@@ -294,7 +313,8 @@ def main() -> None:
             a for a in sys.argv[1:] if a not in ("--write", str(args.write))
         )
         body = (
-            f"Command: `{command.strip()}`\n\n"
+            f"Command: `{command.strip()}` (1-minute load average {load:.1f} on "
+            f"{os.cpu_count()} cores when it started)\n\n"
             f"Ingestion: {args.ingest:,} points of 10 series, one transaction per batch. "
             f"GET `/api/jobs/{{id}}/metrics?names=loss/d&max_points={args.max_points}` "
             f"through the app (TestClient), median of {args.repeats} after a warm-up; the "

@@ -87,6 +87,8 @@ def test_unknown_job_and_bad_parameters(client, job_id):
     for names in (",", "a\x00b"):
         answer = client.get(f"/api/jobs/{job_id}/metrics", params={"names": names})
         assert answer.status_code == 422 and answer.json()["detail"].startswith("names: ")
+    schema = client.get("/openapi.json").json()
+    assert "MetricsOut" in str(schema["paths"]["/api/jobs/{job_id}/metrics"])
     assert metrics(client, job_id) == {
         "job_id": job_id,
         "series": {},
@@ -121,8 +123,8 @@ def test_downsampling_keeps_a_spike_a_dip_and_the_first_nan(client, engine, job_
         if max_points >= 100:
             assert 15_001 in steps and 19_000 in steps  # where it first went NaN
             assert got[steps.index(15_001)] is None and got[-1] is None
-    # The same points on every backend and route (SQLite buckets long series in SQL):
-    # what the numpy reference keeps of the whole series.
+    # The same points on every backend and route (SQLite buckets this series in SQL for 7
+    # and 100 points, nulls forcing merged buckets at 100): what numpy keeps of it all.
     with engine.connect() as conn:
         whole = query_series(conn, job_id, ["loss/d"], None, 100_000)["loss/d"]
     steps = np.array(whole["step"], dtype=np.int64)
