@@ -13,6 +13,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import CursorResult, Engine, delete, select, text, tuple_, update
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import jobs, queue, web
@@ -226,6 +227,14 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+async def _unstorable(request: Request, exc: Exception) -> JSONResponse:
+    # E.g. a NUL byte in a path id: PostgreSQL refuses it before any row is looked at.
+    return JSONResponse(
+        {"detail": "request: holds a value the database cannot store (a NUL byte?)"},
+        status_code=422,
+    )
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     return JSONResponse({"detail": _field_errors(exc)}, status_code=422)
@@ -240,6 +249,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.sessions = sessionmaker(engine, expire_on_commit=False)
     app.state.store = ArtifactStore(settings.artifact_dir)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DataError, _unstorable)
     app.include_router(router)
     for module in (metrics, artifacts, datasets, events, monitoring, specs):
         app.include_router(module.router)

@@ -95,6 +95,9 @@ class JobTag(Base):
 
 class MetricPoint(Base):
     __tablename__ = "metric_point"
+    # The primary key serves one series; this serves "everything of a job after step N"
+    # (the live event stream polls it), which would otherwise read the whole job.
+    __table_args__ = (Index("ix_metric_point_job_id_step", "job_id", "step"),)
 
     job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), primary_key=True)
     name: Mapped[str] = mapped_column(String(100), primary_key=True)

@@ -57,7 +57,7 @@ class Data(_Section):
     # ring and grid; None means the benchmark value (ring 0.01, grid 0.05)
     std: float | None = Field(None, gt=0)
     # array: an uploaded dataset (service) or a local .npy/.npz file (CLI)
-    dataset_id: str | None = Field(None, min_length=1, max_length=200)
+    dataset_id: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")
     path: str | None = Field(None, min_length=1)
 
     @property

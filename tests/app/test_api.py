@@ -129,3 +129,17 @@ def test_a_body_that_is_not_a_json_object_is_a_422_naming_the_body(client):
         assert answer.status_code == 422, body
         detail = answer.json()["detail"][0]
         assert detail["field"] == "body" and detail["message"].startswith("body: "), detail
+
+
+def test_a_nul_byte_in_an_id_is_never_a_500(client):
+    for path in (
+        "/api/jobs/a%00b",
+        "/api/jobs/a%00b/metrics",
+        "/api/datasets/a%00b",
+        "/jobs/a%00b",
+    ):
+        assert client.get(path).status_code in (404, 422), path
+    bad = client.post(
+        "/api/jobs", json={"spec": {"data": {"kind": "array", "dataset_id": "a\x00"}}}
+    )
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "spec.data.dataset_id"
