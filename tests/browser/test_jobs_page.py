@@ -68,7 +68,8 @@ def test_a_job_submitted_through_the_api_appears_and_finishes_without_reload(pag
     expect(page.get_by_text("No jobs match these filters.")).to_be_visible()
     page.evaluate("window.notReloaded = true")
 
-    job = _submit(live, steps=150, name=f"live {tag}", tags=[tag])
+    # Long enough (a few seconds) that the 2 s poll sees it before it ends, even on a fast CPU.
+    job = _submit(live, steps=1200, name=f"live {tag}", tags=[tag])
     row = _row(page, job["id"])
     expect(row).to_be_visible()
     bar = row.locator("progress")
@@ -83,8 +84,8 @@ def test_a_job_submitted_through_the_api_appears_and_finishes_without_reload(pag
         time.sleep(0.1)
     assert seen[-1][0] == "succeeded", seen
     assert seen[0][0] in ("queued", "running"), seen  # it was on the page before it finished
-    expect(row.locator(".step-text")).to_have_text("150 / 150")
-    assert bar.evaluate("p => [p.value, p.max]") == [150, 150]
+    expect(row.locator(".step-text")).to_have_text(re.compile(r"^1,?200 / 1,?200$"))
+    assert bar.evaluate("p => [p.value, p.max]") == [1200, 1200]
     expect(row.locator(".col-elapsed")).to_have_text(re.compile(r"^\d+s$"))
     assert page.evaluate("window.notReloaded") is True
     screenshot(page, "jobs-live-succeeded")
