@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import jobs, queue, web
 from app.db import make_engine
 from app.deps import SessionDep, SettingsDep, StoreDep, job_or_404, unprocessable
-from app.models import JOB_STATUSES, Dataset, Job, JobTag
+from app.models import JOB_STATUSES, Dataset, Job, JobTag, utcnow
 from app.routes import artifacts, datasets, events, metrics, monitoring, specs
 from app.schemas import JobCreate, JobOut, JobPage
 from app.settings import Settings, get_settings
@@ -59,6 +59,7 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep) -> J
         spec=spec.model_dump(mode="json"),
         warnings=spec.warnings(),
         priority=body.priority,
+        queued_at=utcnow(),
         tag_rows=[JobTag(tag=t, position=i) for i, t in enumerate(body.tags)],
     )
     session.add(job)

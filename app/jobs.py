@@ -10,7 +10,7 @@ The worker holds a lease (`lease_owner`, `lease_expires_at`) that its heartbeats
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
@@ -22,11 +22,25 @@ FINISHED = ("cancelled", "succeeded", "failed")
 ACTIVE = ("queued", "running", "cancelling")
 
 
+class LeaseLost(RuntimeError):
+    """This worker no longer holds the job (its lease expired and the job moved on)."""
+
+
+def fence(conn: Connection, job_id: str, owner: str) -> None:
+    """Raise LeaseLost unless `owner` holds the job; call it in the transaction of a write,
+    so a worker that lost its job cannot write over the new owner's results."""
+    held = conn.scalar(
+        select(Job.id).where(Job.id == job_id, Job.lease_owner == owner).with_for_update()
+    )
+    if held is None:
+        raise LeaseLost(f"job {job_id}: the lease of {owner} is gone")
+
+
 class TransitionError(ValueError):
     """The job is not in a state that allows the transition (the API answers 409)."""
 
 
-def claim(conn: Connection, job_id: str, owner: str) -> bool:
+def claim(conn: Connection, job_id: str, owner: str, lease: timedelta = LEASE) -> bool:
     """Take a queued job; False when it is not queued (already taken, cancelled, deleted)."""
     now = utcnow()
     result = conn.execute(
@@ -36,7 +50,7 @@ def claim(conn: Connection, job_id: str, owner: str) -> bool:
             status="running",
             attempt=Job.attempt + 1,
             lease_owner=owner,
-            lease_expires_at=now + LEASE,
+            lease_expires_at=now + lease,
             heartbeat_at=now,
             started_at=now,
             finished_at=None,
@@ -46,15 +60,21 @@ def claim(conn: Connection, job_id: str, owner: str) -> bool:
     return result.rowcount == 1
 
 
-def heartbeat(conn: Connection, job_id: str, owner: str, step: int) -> str | None:
-    """Extend the lease and record progress; the job's status, or None if the lease is lost."""
+def heartbeat(
+    conn: Connection, job_id: str, owner: str, step: int | None, lease: timedelta = LEASE
+) -> str | None:
+    """Extend the lease and record progress (`step`, unless None); the job's status, or None
+    if the lease is lost."""
     now = utcnow()
+    values: dict[str, Any] = {"heartbeat_at": now, "lease_expires_at": now + lease}
+    if step is not None:
+        values["step"] = step
     result = conn.execute(
         update(Job)
         .where(
             Job.id == job_id, Job.lease_owner == owner, Job.status.in_(("running", "cancelling"))
         )
-        .values(heartbeat_at=now, lease_expires_at=now + LEASE, step=step)
+        .values(**values)
     )
     if result.rowcount != 1:
         return None
@@ -63,13 +83,18 @@ def heartbeat(conn: Connection, job_id: str, owner: str, step: int) -> str | Non
 
 
 def finish(
-    conn: Connection, job_id: str, owner: str, status: str, step: int, error: str | None = None
+    conn: Connection,
+    job_id: str,
+    owner: str,
+    status: str,
+    step: int | None,
+    error: str | None = None,
 ) -> bool:
     """Record the outcome of the caller's run: succeeded, failed or cancelled."""
     assert status in FINISHED
     values: dict[str, Any] = {
         "status": status,
-        "step": step,
+        **({} if step is None else {"step": step}),
         "error": error,
         "finished_at": utcnow(),
         "lease_owner": None,
@@ -85,17 +110,21 @@ def finish(
     return result.rowcount == 1
 
 
-def release(conn: Connection, job_id: str, owner: str, step: int) -> bool:
+def release(conn: Connection, job_id: str, owner: str, step: int | None) -> bool:
     """Give a running job back to the queue (the worker is shutting down); a job the user
     asked to cancel meanwhile is cancelled instead. True when it went back to `queued`."""
     base = update(Job).where(Job.id == job_id, Job.lease_owner == owner)
-    cleared = {"step": step, "lease_owner": None, "lease_expires_at": None}
+    cleared: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+    if step is not None:
+        cleared["step"] = step
     conn.execute(
         base.where(Job.status == "cancelling").values(
             status="cancelled", finished_at=utcnow(), **cleared
         )
     )
-    result = conn.execute(base.where(Job.status == "running").values(status="queued", **cleared))
+    result = conn.execute(
+        base.where(Job.status == "running").values(status="queued", queued_at=utcnow(), **cleared)
+    )
     return result.rowcount == 1
 
 
@@ -125,7 +154,7 @@ def request_resume(conn: Connection, job_id: str) -> None:
     result = conn.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(("failed", "cancelled")))
-        .values(status="queued", error=None, finished_at=None)
+        .values(status="queued", error=None, finished_at=None, queued_at=utcnow())
     )
     if result.rowcount != 1:
         status = conn.scalar(select(Job.status).where(Job.id == job_id))
@@ -148,3 +177,37 @@ def rewind(conn: Connection, job_id: str, step: int) -> list[str]:
         conn.execute(delete(model).where(model.job_id == job_id, model.step > step))
     conn.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > step))
     return paths
+
+
+def requeue_expired(conn: Connection, job_id: str, now: datetime) -> str | None:
+    """Deal with a job whose lease ran out (its worker died): `queued` again while attempts
+    remain (it resumes from its checkpoint), `cancelled` when a cancel was pending, else
+    `failed`. Returns the new status, or None when the lease was renewed meanwhile."""
+    row = conn.execute(
+        select(Job.status, Job.attempt, Job.max_attempts).where(
+            Job.id == job_id,
+            Job.status.in_(("running", "cancelling")),
+            Job.lease_expires_at < now,
+        )
+    ).first()
+    if row is None:
+        return None
+    status, attempt, max_attempts = row
+    cleared = {"lease_owner": None, "lease_expires_at": None}
+    if status == "cancelling":
+        values: dict[str, Any] = {"status": "cancelled", "finished_at": now, **cleared}
+    elif attempt < max_attempts:
+        values = {"status": "queued", "queued_at": now, **cleared}
+    else:
+        values = {
+            "status": "failed",
+            "finished_at": now,
+            "error": f"worker lost: its lease expired on attempt {attempt} of {max_attempts}",
+            **cleared,
+        }
+    result = conn.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == status, Job.lease_expires_at < now)
+        .values(**values)
+    )
+    return str(values["status"]) if result.rowcount == 1 else None

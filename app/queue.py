@@ -65,7 +65,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport_options = {"connect_args": {"timeout": 30}}
     elif broker_kind(url) == "redis":
         # A job runs for hours: a message must not be redelivered while its worker is alive.
-        transport_options = {"visibility_timeout": 7 * 24 * 3600}
+        timeout = settings.broker_visibility_timeout
+        transport_options = {
+            "visibility_timeout": timeout,
+            # Look for overdue unacknowledged messages every few seconds (kombu's default
+            # sweep is about every 100 s). A redelivered job id is harmless: the lease in the
+            # database, not the broker, decides who runs a job.
+            "unacked_restore_interval": max(1, min(10, timeout // 2)),
+            "unacked_restore_throttle": 1,
+        }
     return {
         "broker_url": url,
         "broker_transport_options": transport_options,

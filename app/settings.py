@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,6 +18,17 @@ class Settings(BaseSettings):
     # None: kombu's SQLAlchemy transport on a SQLite file under ./var.
     broker_url: str | None = None
     artifact_dir: Path = Path("./var/artifacts")
+    # A worker's claim on a job lasts this long unless its heartbeat (every 0.5 s) extends it;
+    # the reconciler requeues a job whose lease ran out (its worker died).
+    lease_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # A queued job not taken after this long, while the broker holds fewer messages than there
+    # are queued jobs, has its message sent again (the broker lost it).
+    resend_after_seconds: Annotated[float, Field(gt=0)] = 30.0
+    # How often each worker runs the reconciler.
+    reconcile_every_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # Redis: seconds before an unacknowledged message is delivered again. The job's lease, not
+    # this, guards execution, so a short value cannot run a job twice.
+    broker_visibility_timeout: Annotated[int, Field(gt=0)] = 7 * 24 * 3600
     # Prefixed to the queue names (`gpu`, `cpu`), so several deployments can share a broker.
     queue_prefix: str = ""
     max_upload_bytes: int = 512 * 1024 * 1024

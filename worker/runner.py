@@ -13,8 +13,10 @@ import threading
 import traceback
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
+import torch
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -42,7 +44,7 @@ def worker_id() -> str:
 class RunState:
     """What the training thread and the heartbeat thread share."""
 
-    step: int = 0
+    step: int | None = None  # None until the trainer is built (the heartbeat leaves it alone)
     cancel: threading.Event = field(default_factory=threading.Event)
     lost: threading.Event = field(default_factory=threading.Event)
 
@@ -50,14 +52,15 @@ class RunState:
 class Heartbeat(threading.Thread):
     """Every HEARTBEAT_SECONDS: extend the lease, publish the step, notice a cancel."""
 
-    def __init__(self, engine: Engine, job_id: str, owner: str, state: RunState):
+    def __init__(self, engine: Engine, job_id: str, owner: str, state: RunState, lease: timedelta):
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
         self.engine, self.job_id, self.owner, self.state = engine, job_id, owner, state
+        self.lease = lease
         self.done = threading.Event()
 
     def beat(self) -> None:
         with self.engine.begin() as conn:
-            status = jobs.heartbeat(conn, self.job_id, self.owner, self.state.step)
+            status = jobs.heartbeat(conn, self.job_id, self.owner, self.state.step, self.lease)
         if status is None:
             self.state.lost.set()
         elif status == "cancelling":
@@ -78,24 +81,25 @@ def run_job(
     store: ArtifactStore,
     owner: str | None = None,
     shutting_down: threading.Event | None = None,
+    lease: timedelta = jobs.LEASE,
 ) -> str:
     """Run a queued job to its end. Returns the final status, `skipped` when the job was not
     queued (a second delivery of the same id), or `requeued` when the worker shut down."""
     owner = owner or worker_id()
     with engine.begin() as conn:
-        if not jobs.claim(conn, job_id, owner):
+        if not jobs.claim(conn, job_id, owner, lease):
             log.info("job %s is not queued; nothing to do", job_id)
             return "skipped"
     log.info("job %s claimed by %s", job_id, owner)
     state = RunState()
-    heart = Heartbeat(engine, job_id, owner, state)
+    heart = Heartbeat(engine, job_id, owner, state, lease)
     shutting_down = shutting_down or threading.Event()
     status, error = "failed", None
+    heart.start()  # at once: building the trainer can take longer than a short lease
     try:
         trainer = _build_trainer(engine, store, job_id)
         state.step = trainer.step
-        heart.start()
-        sinks = service_sinks(engine, store, job_id)
+        sinks = service_sinks(engine, store, job_id, owner)
 
         def should_stop() -> bool:
             return state.cancel.is_set() or state.lost.is_set() or shutting_down.is_set()
@@ -106,7 +110,8 @@ def run_job(
         try:
             result = trainer.run(sinks, should_stop=should_stop, progress=progress)
         finally:
-            sinks.metrics.flush()  # type: ignore[attr-defined]
+            if not state.lost.is_set():
+                sinks.metrics.flush()  # type: ignore[attr-defined]
         state.step = result.step
         if result.status == "succeeded":
             status = "succeeded"
@@ -116,8 +121,15 @@ def run_job(
             status = "cancelled"
         else:
             status = "requeued"
+    except jobs.LeaseLost:
+        status = "lost"
     except (TrainingDiverged, DataError, CheckpointError, ValueError) as exc:
         error = str(exc)
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        where = "GPU" if isinstance(exc, torch.OutOfMemoryError) else "host"
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        error = f"out of memory ({where}) at step {state.step}: {detail}"
+        log.error("job %s ran out of memory", job_id)
     except Exception as exc:  # noqa: BLE001 - any failure is recorded on the job
         error = f"{type(exc).__name__}: {exc}"
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
@@ -131,7 +143,7 @@ def run_job(
                 status = "cancelled"
         elif status != "lost":
             jobs.finish(conn, job_id, owner, status, state.step, error)
-    log.info("job %s %s at step %d%s", job_id, status, state.step, f": {error}" if error else "")
+    log.info("job %s %s at step %s%s", job_id, status, state.step, f": {error}" if error else "")
     return status
 
 

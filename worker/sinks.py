@@ -11,6 +11,7 @@ import time
 
 from sqlalchemy import Engine, delete, insert, select, update
 
+from app.jobs import fence
 from app.metricstore import insert_points
 from app.models import Checkpoint as CheckpointRow
 from app.models import Job, Sample
@@ -24,9 +25,15 @@ class DatabaseMetrics:
     `max_delay` seconds have passed since the last write (so live charts stay live)."""
 
     def __init__(
-        self, engine: Engine, job_id: str, *, max_points: int = 5000, max_delay: float = 1.0
+        self,
+        engine: Engine,
+        job_id: str,
+        owner: str,
+        *,
+        max_points: int = 5000,
+        max_delay: float = 1.0,
     ):
-        self.engine, self.job_id = engine, job_id
+        self.engine, self.job_id, self.owner = engine, job_id, owner
         self.max_points, self.max_delay = max_points, max_delay
         self.buffer: list[tuple[str, int, float | None]] = []
         self.flushed_at = time.monotonic()
@@ -44,6 +51,7 @@ class DatabaseMetrics:
     def flush(self) -> None:
         if self.buffer:
             with self.engine.begin() as conn:
+                fence(conn, self.job_id, self.owner)
                 insert_points(conn, self.job_id, self.buffer)
             self.written += len(self.buffer)
             self.buffer = []
@@ -51,27 +59,43 @@ class DatabaseMetrics:
 
 
 class StoreSamples:
-    def __init__(self, engine: Engine, store: ArtifactStore, job_id: str):
-        self.engine, self.store, self.job_id = engine, store, job_id
+    def __init__(self, engine: Engine, store: ArtifactStore, job_id: str, owner: str):
+        self.engine, self.store, self.job_id, self.owner = engine, store, job_id, owner
 
     def write(self, step: int, png: bytes) -> None:
         path = self.store.sample_path(self.job_id, step)
-        self.store.write(path, png)
         with self.engine.begin() as conn:
+            fence(conn, self.job_id, self.owner)
+            self.store.write(path, png)
             conn.execute(delete(Sample).where(Sample.job_id == self.job_id, Sample.step == step))
             conn.execute(insert(Sample).values(job_id=self.job_id, step=step, path=path))
 
 
 class StoreCheckpoints:
-    def __init__(self, engine: Engine, store: ArtifactStore, job_id: str):
-        self.engine, self.store, self.job_id = engine, store, job_id
+    """Checkpoints into the store with a row each. The metric buffer is written first, so a
+    checkpoint at step S means every metric point up to S is stored: a run resumed from it
+    (after its worker died) has no gap."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: ArtifactStore,
+        job_id: str,
+        owner: str,
+        metrics: DatabaseMetrics | None = None,
+    ):
+        self.engine, self.store, self.job_id, self.owner = engine, store, job_id, owner
+        self.metrics = metrics
 
     def write(self, checkpoint: Checkpoint) -> CheckpointRecord:
+        if self.metrics is not None:
+            self.metrics.flush()
         folder = self.store.path(self.store.checkpoint_dir(self.job_id))
-        record = write_checkpoint(folder, checkpoint)
-        assert record.path is not None
-        path = self.store.relative(record.path)
         with self.engine.begin() as conn:
+            fence(conn, self.job_id, self.owner)
+            record = write_checkpoint(folder, checkpoint)
+            assert record.path is not None
+            path = self.store.relative(record.path)
             conn.execute(
                 delete(CheckpointRow).where(
                     CheckpointRow.job_id == self.job_id, CheckpointRow.step == record.step
@@ -92,11 +116,12 @@ class StoreCheckpoints:
 class JobWarnings:
     """Appends run-time warnings (e.g. the first leak the audit saw) to the job's list."""
 
-    def __init__(self, engine: Engine, job_id: str):
-        self.engine, self.job_id = engine, job_id
+    def __init__(self, engine: Engine, job_id: str, owner: str):
+        self.engine, self.job_id, self.owner = engine, job_id, owner
 
     def write(self, step: int, message: str) -> None:
         with self.engine.begin() as conn:
+            fence(conn, self.job_id, self.owner)
             current = conn.scalar(select(Job.warnings).where(Job.id == self.job_id)) or []
             if message not in current:
                 conn.execute(
@@ -104,10 +129,12 @@ class JobWarnings:
                 )
 
 
-def service_sinks(engine: Engine, store: ArtifactStore, job_id: str) -> Sinks:
+def service_sinks(engine: Engine, store: ArtifactStore, job_id: str, owner: str) -> Sinks:
+    """Sinks that write only while `owner` holds the job's lease (else raise LeaseLost)."""
+    metrics = DatabaseMetrics(engine, job_id, owner)
     return Sinks(
-        DatabaseMetrics(engine, job_id),
-        StoreSamples(engine, store, job_id),
-        StoreCheckpoints(engine, store, job_id),
-        JobWarnings(engine, job_id),
+        metrics,
+        StoreSamples(engine, store, job_id, owner),
+        StoreCheckpoints(engine, store, job_id, owner, metrics),
+        JobWarnings(engine, job_id, owner),
     )

@@ -80,11 +80,18 @@ def _redis_url() -> str:
 
 
 @contextmanager
-def running_service(workdir: Path, backend: str = "embedded") -> Iterator[Service]:
-    """`ganforge up` (API + one worker) on `backend`: `embedded` or `postgres+redis`."""
+def running_service(
+    workdir: Path,
+    backend: str = "embedded",
+    *,
+    workers: int = 1,
+    env_overrides: dict[str, str] | None = None,
+) -> Iterator[Service]:
+    """`ganforge up` (API + worker processes) on `backend`: `embedded` or `postgres+redis`."""
     port = _free_port()
     env = {
         **os.environ,
+        **(env_overrides or {}),
         "GANFORGE_ARTIFACT_DIR": str(workdir / "artifacts"),
         "GANFORGE_QUEUE_PREFIX": f"test-{uuid.uuid4().hex[:8]}-",
         "GANFORGE_CACHE_DIR": os.environ.get("GANFORGE_CACHE_DIR", str(workdir / "cache")),
@@ -96,11 +103,24 @@ def running_service(workdir: Path, backend: str = "embedded") -> Iterator[Servic
     else:
         databases = _fresh_postgres()
         env["GANFORGE_DATABASE_URL"] = next(databases)
-        env["GANFORGE_BROKER_URL"] = _redis_url()
+        env["GANFORGE_BROKER_URL"] = (env_overrides or {}).get(
+            "GANFORGE_BROKER_URL"
+        ) or _redis_url()
     log = workdir / "service.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "up", "--port", str(port), "--threads", "1"],
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "up",
+                "--port",
+                str(port),
+                "--threads",
+                "1",
+                "--workers",
+                str(workers),
+            ],
             cwd=ROOT,
             env=env,
             stdout=out,

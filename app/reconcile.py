@@ -1,0 +1,101 @@
+"""The reconciler: the database is the source of truth, the broker only carries job ids.
+
+Each pass (every worker runs one every GANFORGE_RECONCILE_EVERY_SECONDS):
+
+1. A job whose lease expired (its worker died without a word: kill -9, a lost machine) goes
+   back to `queued` with its message re-sent, while `attempt < max_attempts`; the next
+   worker resumes it from its last checkpoint. Past the attempts it is `failed`; a job the
+   user was cancelling is `cancelled`.
+2. A job `queued` for longer than GANFORGE_RESEND_AFTER_SECONDS while its queue holds fewer
+   messages than there are queued jobs (the broker lost some: a flushed Redis, say) has its
+   message sent again. A duplicate message is harmless: the worker's conditional claim makes
+   a second delivery of a job id a no-op.
+
+Every change is a conditional UPDATE, so several reconcilers can run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, select, update
+
+from app import jobs, queue
+from app.models import Job, utcnow
+from app.settings import Settings
+
+log = logging.getLogger("ganforge.reconcile")
+
+
+@dataclass
+class Report:
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.requeued or self.failed or self.cancelled or self.resent)
+
+
+def reconcile(engine: Engine, settings: Settings) -> Report:
+    report = Report()
+    now = utcnow()
+    with engine.connect() as conn:
+        expired = (
+            conn.execute(
+                select(Job.id).where(
+                    Job.status.in_(("running", "cancelling")), Job.lease_expires_at < now
+                )
+            )
+            .scalars()
+            .all()
+        )
+    for job_id in expired:
+        with engine.begin() as conn:
+            status = jobs.requeue_expired(conn, job_id, now)
+        if status == "queued":
+            report.requeued.append(job_id)
+        elif status == "failed":
+            report.failed.append(job_id)
+        elif status == "cancelled":
+            report.cancelled.append(job_id)
+
+    stale_before = now - timedelta(seconds=settings.resend_after_seconds)
+    with engine.connect() as conn:
+        queued = conn.execute(
+            select(Job.id, Job.spec, Job.queued_at).where(Job.status == "queued")
+        ).all()
+    by_queue: dict[str, list[tuple[str, bool]]] = {}
+    for job_id, spec, queued_at in queued:
+        name = queue.queue_for(settings, str(spec.get("device", "auto")))
+        stale = job_id in report.requeued or queued_at is None or _aware(queued_at) < stale_before
+        by_queue.setdefault(name, []).append((job_id, stale))
+    depth = queue.queue_depth(settings) if by_queue else {}
+    for name, entries in by_queue.items():
+        missing = len(entries) - depth.get(name, 0)
+        for job_id, stale in entries:
+            if job_id in report.requeued or (missing > 0 and stale):
+                _resend(engine, settings, job_id, name, now)
+                if job_id not in report.requeued:
+                    report.resent.append(job_id)
+    if report:
+        log.warning("reconciled: %s", report)
+    return report
+
+
+def _resend(
+    engine: Engine, settings: Settings, job_id: str, queue_name: str, now: datetime
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(Job).where(Job.id == job_id, Job.status == "queued").values(queued_at=now)
+        )
+    queue.client(settings).send_task(queue.RUN_JOB, args=[job_id], queue=queue_name)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands datetimes back without a zone; everything is stored in UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
