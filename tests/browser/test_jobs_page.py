@@ -253,7 +253,17 @@ def test_phone_and_tablet_widths_show_the_rows_without_horizontal_overflow(page,
         live, name=f"a rather long job name for a phone screen {tag}", tags=[tag, "small", "mnist"]
     )
     live.wait_for(job["id"], ("succeeded",))
-    for width, path in ((375, f"/?tag={tag}"), (375, "/"), (800, "/"), (1100, "/")):
+    # The widest progress text there is ("0 / 1,000,000"), and a failed job's error line.
+    wide = _submit(live, steps=LONG, name=f"wide {tag}", tags=[tag, "a-rather-long-tag-name"])
+    _cancel_and_wait(live, wide["id"])
+    for width, path in (
+        (375, f"/?tag={tag}"),
+        (375, "/"),
+        (800, "/"),
+        (1100, "/"),
+        (1100, f"/?tag={tag}"),
+        (1280, f"/?tag={tag}"),
+    ):
         page.set_viewport_size({"width": width, "height": 800})
         page.goto(path)
         row = _row(page, job["id"])
