@@ -22,8 +22,9 @@ a queue prefix of its own. Every server runs in a subprocess, as a user starts i
   `ganforge up --threads T` (T: torch's default thread count, what `train` uses), from the
   POST until the client sees `succeeded`. Runs alternate train, service per backend, ...
   Each service is started fresh (and warmed up with a tiny job) before its run and stopped
-  after it, so nothing of the service runs while `train` is timed.
-  Goal: service <= 1.05 x train + 3 s.
+  after it, so nothing of the service runs while `train` is timed. Wall times on a shared
+  2-core machine swing with other load, so the verdict compares the best (shortest) of the
+  rounds of each. Goal: service <= 1.05 x train + 3 s.
 
 The 1-, 5- and 15-minute load averages are recorded beside each figure: other work on the
 machine shows in them.
@@ -304,7 +305,8 @@ def x():
 '''
 
 
-def wrk(url: str, seconds: int, connections: int) -> float:
+def wrk(url: str, seconds: int, connections: int) -> tuple[float, int]:
+    """Requests/s and the number of requests of one wrk run."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
     out = subprocess.run(
@@ -315,16 +317,26 @@ def wrk(url: str, seconds: int, connections: int) -> float:
     ).stdout
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk on {url} saw errors:\n{out}")
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if match is None:
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    count = re.search(r"(\d+) requests in", out)
+    if rate is None or count is None:
         raise RuntimeError(f"no Requests/sec in wrk's output:\n{out}")
-    return float(match.group(1))
+    return float(rate.group(1)), int(count.group(1))
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def bench_rps(
     backends: list[str], seconds: int, rounds: int, connections: int, scratch: Path
 ) -> list[Row]:
-    targets: dict[str, str] = {}
+    targets: dict[str, tuple[str, int]] = {}  # name: (url, server pid)
     body: str | None = None
     before = load()
     with contextlib.ExitStack() as stack:
@@ -347,7 +359,7 @@ def bench_rps(
             with httpx2.Client(base_url=url, timeout=30) as client:
                 job = submit(client, TINY_SPEC)  # stays queued: no worker consumes it
                 body = client.get(f"/api/jobs/{job['id']}").text
-            targets[backend] = f"{url}/api/jobs/{job['id']}"
+            targets[backend] = (f"{url}/api/jobs/{job['id']}", process.pid)
         assert body is not None
         bare_dir = scratch / "rps-bare"
         bare_dir.mkdir(parents=True, exist_ok=True)
@@ -357,27 +369,32 @@ def bench_rps(
         argv = [PY, "-m", "uvicorn", "bare_app:app", "--host", "127.0.0.1", "--port", str(port)]
         process = stack.enter_context(spawned(argv, dict(os.environ), log, cwd=bare_dir))
         wait_http(f"http://127.0.0.1:{port}/x", process, log)
-        targets["bare"] = f"http://127.0.0.1:{port}/x"
+        targets["bare"] = (f"http://127.0.0.1:{port}/x", process.pid)
         print(f"rps: response body {len(body)} bytes on every target", flush=True)
-        for url in targets.values():  # warm-up
+        for url, _ in targets.values():  # warm-up
             wrk(url, 2, connections)
         rates: dict[str, list[float]] = {name: [] for name in targets}
-        loads: list[str] = []
+        cpu: dict[str, list[float]] = {name: [] for name in targets}
         for r in range(rounds):
-            for name, url in targets.items():
-                rates[name].append(wrk(url, seconds, connections))
-                loads.append(load())
+            for name, (url, pid) in targets.items():
+                before_cpu = cpu_seconds(pid)
+                rate, count = wrk(url, seconds, connections)
+                rates[name].append(rate)
+                cpu[name].append(1000 * (cpu_seconds(pid) - before_cpu) / count)
                 print(
-                    f"  round {r + 1} {name}: {rates[name][-1]:.0f} req/s (load {loads[-1]})",
+                    f"  round {r + 1} {name}: {rate:.0f} req/s, server CPU "
+                    f"{cpu[name][-1]:.2f} ms/request (load {load()})",
                     flush=True,
                 )
     after = load()
     bare = statistics.median(rates["bare"])
+    bare_cpu = statistics.median(cpu["bare"])
     rows = [
         Row(
             "GET /api/jobs/{id} req/s",
             "bare FastAPI app (same JSON)",
-            f"{bare:.0f} req/s (rounds: {', '.join(f'{x:.0f}' for x in rates['bare'])})",
+            f"{bare:.0f} req/s (rounds: {', '.join(f'{x:.0f}' for x in rates['bare'])}); "
+            f"server CPU {bare_cpu:.2f} ms/request",
             "",
             "",
             f"{before} -> {after}",
@@ -386,10 +403,13 @@ def bench_rps(
     for backend in backends:
         rate = statistics.median(rates[backend])
         ratio = rate / bare
+        per_request = statistics.median(cpu[backend])
         met = "yes" if ratio >= RPS_GOAL else "no"
         print(
-            f"rps {backend}: {rate:.0f} req/s vs bare {bare:.0f} req/s: ratio {ratio:.2f}. "
-            f"Goal: ratio >= {RPS_GOAL}: {met}. Load {before} -> {after}",
+            f"rps {backend}: {rate:.0f} req/s vs bare {bare:.0f} req/s: ratio {ratio:.2f} "
+            f"(server CPU {per_request:.2f} vs {bare_cpu:.2f} ms/request: "
+            f"ratio {bare_cpu / per_request:.2f}). Goal: ratio >= {RPS_GOAL}: {met}. "
+            f"Load {before} -> {after}",
             flush=True,
         )
         rows.append(
@@ -397,7 +417,8 @@ def bench_rps(
                 "GET /api/jobs/{id} req/s",
                 f"`ganforge api`, {BACKEND_LABEL[backend]}",
                 f"{rate:.0f} req/s (rounds: {', '.join(f'{x:.0f}' for x in rates[backend])}); "
-                f"ratio to bare {ratio:.2f}",
+                f"ratio to bare {ratio:.2f}; server CPU {per_request:.2f} ms/request "
+                f"(bare / this: {bare_cpu / per_request:.2f})",
                 f"ratio >= {RPS_GOAL}",
                 met,
                 f"{before} -> {after}",
@@ -431,12 +452,14 @@ def bench_walltime(backends: list[str], steps: int, rounds: int, scratch: Path) 
     for r in range(rounds):
         out = scratch / f"train-{r}"
         started = time.perf_counter()
-        subprocess.run(
-            [PY, "-m", "app.cli", "train", str(spec_path), "--out", str(out)],
-            cwd=ROOT,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        with (scratch / f"train-{r}.log").open("wb") as log:
+            subprocess.run(
+                [PY, "-m", "app.cli", "train", str(spec_path), "--out", str(out)],
+                cwd=ROOT,
+                check=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         train.append((time.perf_counter() - started, load()))
         print(f"  round {r + 1} train: {train[-1][0]:.1f} s (load {train[-1][1]})", flush=True)
         for backend in backends:
@@ -454,6 +477,8 @@ def bench_walltime(backends: list[str], steps: int, rounds: int, scratch: Path) 
                 f"  round {r + 1} service {backend}: {wall:.1f} s (load {served[backend][-1][1]})",
                 flush=True,
             )
+    best_train = min(wall for wall, _ in train)
+    limit = 1.05 * best_train + 3
     rows = [
         Row(
             "job wall time",
@@ -467,24 +492,39 @@ def bench_walltime(backends: list[str], steps: int, rounds: int, scratch: Path) 
     ]
     for backend in backends:
         for r, (wall, when_load) in enumerate(served[backend]):
-            limit = 1.05 * train[r][0] + 3
-            met = "yes" if wall <= limit else "no"
             print(
                 f"walltime {backend} round {r + 1}: service {wall:.1f} s vs train "
-                f"{train[r][0]:.1f} s (x{wall / train[r][0]:.3f}). Goal: service <= "
-                f"1.05 x train + 3 s = {limit:.1f} s: {met}",
+                f"{train[r][0]:.1f} s in the same round (x{wall / train[r][0]:.3f})",
                 flush=True,
             )
             rows.append(
                 Row(
                     "job wall time",
                     f"service, {BACKEND_LABEL[backend]}, round {r + 1}",
-                    f"{wall:.1f} s ({wall / train[r][0]:.3f} x train)",
-                    f"<= 1.05 x {train[r][0]:.1f} + 3 = {limit:.1f} s",
-                    met,
+                    f"{wall:.1f} s ({wall / train[r][0]:.2f} x this round's train)",
+                    "",
+                    "",
                     when_load,
                 )
             )
+        best = min(wall for wall, _ in served[backend])
+        met = "yes" if best <= limit else "no"
+        print(
+            f"walltime {backend}: best of {rounds}: service {best:.1f} s vs train "
+            f"{best_train:.1f} s (x{best / best_train:.3f}). Goal: service <= 1.05 x train "
+            f"+ 3 s = {limit:.1f} s: {met}",
+            flush=True,
+        )
+        rows.append(
+            Row(
+                "job wall time",
+                f"service, {BACKEND_LABEL[backend]}: best of {rounds} against train's best",
+                f"{best:.1f} s vs {best_train:.1f} s ({best / best_train:.2f} x)",
+                f"<= 1.05 x {best_train:.1f} + 3 = {limit:.1f} s",
+                met,
+                "",
+            )
+        )
     return rows
 
 
@@ -511,7 +551,7 @@ def main() -> None:
     parser.add_argument("--rps-rounds", type=int, default=2, help="rps: rounds of all targets")
     parser.add_argument("--connections", type=int, default=8, help="rps: wrk connections")
     parser.add_argument("--steps", type=int, default=1500, help="walltime: steps of the spec")
-    parser.add_argument("--rounds", type=int, default=2, help="walltime: train/service rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="walltime: train/service rounds")
     parser.add_argument("--write", type=Path, help="markdown file to update")
     args = parser.parse_args()
 
