@@ -18,11 +18,12 @@ from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from app import jobs, queue, web
 from app.db import make_engine
-from app.deps import SessionDep, SettingsDep, StoreDep, job_or_404, unprocessable
-from app.models import JOB_STATUSES, Dataset, Job, JobTag, utcnow
+from app.deps import SessionDep, SettingsDep, StoreDep, job_or_404
+from app.models import JOB_STATUSES, Job, JobTag, utcnow
 from app.routes import artifacts, datasets, events, metrics, monitoring, specs
 from app.schemas import JobCreate, JobOut, JobPage
 from app.settings import Settings, get_settings
+from app.speccheck import service_problems
 from app.store import ArtifactStore
 from trainer.spec import describe_error
 
@@ -46,12 +47,13 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep) -> JobOut:
     """Store a job (status `queued`) with its validated spec, defaults filled in, and queue it."""
     spec = body.spec
-    if spec.data.path is not None:
-        raise unprocessable(
-            "spec.data.path", "local files are for `ganforge train`; upload with POST /api/datasets"
-        )
-    if spec.data.dataset_id is not None and session.get(Dataset, spec.data.dataset_id) is None:
-        raise unprocessable("spec.data.dataset_id", f"no dataset {spec.data.dataset_id}")
+    problems = service_problems(spec, session, settings)
+    if problems:
+        detail = [
+            {"field": field, "message": f"{field}: {reason}", "loc": loc, "type": "value_error"}
+            for field, reason, loc in problems
+        ]
+        raise HTTPException(422, detail)
     job = Job(
         name=body.name or spec.name,
         status="queued",

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     # Redis: seconds before an unacknowledged message is delivered again. The job's lease, not
     # this, guards execution, so a short value cannot run a job twice.
     broker_visibility_timeout: Annotated[int, Field(gt=0)] = 7 * 24 * 3600
+    # Resource limits on submitted specs (a 422 names the field beyond them).
+    max_steps: Annotated[int, Field(gt=0)] = 10_000_000
+    max_batch_size: Annotated[int, Field(gt=0)] = 65_536
+    max_width: Annotated[int, Field(gt=0)] = 4096
+    max_depth: Annotated[int, Field(gt=0)] = 32
     # Prefixed to the queue names (`gpu`, `cpu`), so several deployments can share a broker.
     queue_prefix: str = ""
     max_upload_bytes: int = 512 * 1024 * 1024

@@ -17,9 +17,9 @@ import yaml
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.deps import SessionDep
-from app.models import Dataset
+from app.deps import SessionDep, SettingsDep
 from app.presets import Preset, presets
+from app.speccheck import service_problems
 from trainer.leaks import leaking_networks
 from trainer.spec import TrainSpec, describe_error
 
@@ -133,7 +133,7 @@ def _non_finite(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[
     "/specs/validate",
     responses={422: {"description": "the spec is invalid: detail[] names each field"}},
 )
-def validate_spec(body: SpecCheck, session: SessionDep) -> SpecReport:
+def validate_spec(body: SpecCheck, session: SessionDep, settings: SettingsDep) -> SpecReport:
     """Check a spec as `POST /api/jobs` would, without storing anything.
 
     200: the spec with defaults filled in, its `warnings`, and `leaks` (which networks step on
@@ -171,27 +171,10 @@ def validate_spec(body: SpecCheck, session: SessionDep) -> SpecReport:
     ]
     if bad:
         raise _unprocessable(bad)
-    # What POST /api/jobs checks beyond the spec itself.
-    if spec.data.path is not None:
-        raise _unprocessable(
-            [
-                _error(
-                    "spec.data.path",
-                    "local files are for `ganforge train`; upload with POST /api/datasets",
-                    ["body", "spec", "data", "path"],
-                )
-            ]
-        )
-    if spec.data.dataset_id is not None and session.get(Dataset, spec.data.dataset_id) is None:
-        raise _unprocessable(
-            [
-                _error(
-                    "spec.data.dataset_id",
-                    f"no dataset {spec.data.dataset_id}",
-                    ["body", "spec", "data", "dataset_id"],
-                )
-            ]
-        )
+    # What POST /api/jobs checks beyond the spec itself (the same function).
+    problems = service_problems(spec, session, settings)
+    if problems:
+        raise _unprocessable([_error(field, reason, loc) for field, reason, loc in problems])
     schedule = spec.schedule
     leaking = leaking_networks(
         order=schedule.order, isolation=schedule.isolation, zero_grad=schedule.zero_grad

@@ -143,3 +143,30 @@ def test_a_nul_byte_in_an_id_is_never_a_500(client):
         "/api/jobs", json={"spec": {"data": {"kind": "array", "dataset_id": "a\x00"}}}
     )
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "spec.data.dataset_id"
+
+
+def test_specs_beyond_the_servers_resource_limits_are_a_422_naming_the_field(
+    database_url, tmp_path
+):
+    settings = Settings(
+        database_url=database_url,
+        broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+        artifact_dir=tmp_path / "artifacts",
+        max_steps=1000,
+        max_width=64,
+    )
+    engine = make_engine(database_url)
+    with TestClient(create_app(settings, engine)) as client:
+        spec = {"steps": 5000, "model": {"width": 128}}
+        for path in ("/api/jobs", "/api/specs/validate"):
+            answer = client.post(path, json={"spec": spec})
+            assert answer.status_code == 422, path
+            fields = {d["field"]: d["message"] for d in answer.json()["detail"]}
+            assert fields["spec.steps"] == (
+                "spec.steps: at most 1000 on this server (GANFORGE_MAX_STEPS), got 5000"
+            )
+            assert "GANFORGE_MAX_WIDTH" in fields["spec.model.width"]
+        assert client.get("/api/jobs").json()["items"] == []
+        ok = client.post("/api/jobs", json={"spec": {"steps": 1000, "model": {"width": 64}}})
+        assert ok.status_code == 201
+    engine.dispose()
