@@ -45,7 +45,12 @@ class Checkpoint:
 
     def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """The tensors whose key starts with `prefix`, with the prefix removed."""
-        loaded = load_tensors(self.data)
+        try:
+            loaded = load_tensors(self.data)
+        except Exception as exc:  # noqa: BLE001 - safetensors' own error type
+            raise CheckpointError(
+                f"checkpoint: step {self.step} is not safetensors: {exc}"
+            ) from None
         return {k[len(prefix) :]: v for k, v in loaded.items() if k.startswith(prefix)}
 
     @property
@@ -159,4 +164,23 @@ def read_checkpoint(path: str | Path, *, expected_sha256: str | None = None) -> 
                 f"checkpoint: {tensors_path.name} has SHA-256 {digest[:12]}..., "
                 f"the {source} expects {str(want)[:12]}...; refusing to load it"
             )
+    _check_safetensors_header(data, tensors_path.name)
     return Checkpoint(step=int(meta["step"]), data=data, meta=meta, sha256=digest)
+
+
+def _check_safetensors_header(data: bytes, name: str) -> None:
+    """A safetensors file starts with an 8-byte little-endian header length and a JSON header;
+    anything else (a pickle, say) is refused here, before any loader sees it."""
+    if len(data) < 8:
+        raise CheckpointError(f"checkpoint: {name} is not a safetensors file (too short)")
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        raise CheckpointError(f"checkpoint: {name} is not a safetensors file (bad header)")
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(
+            f"checkpoint: {name} is not a safetensors file (bad header)"
+        ) from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"checkpoint: {name} is not a safetensors file (bad header)")

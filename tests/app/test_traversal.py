@@ -81,3 +81,48 @@ def test_a_symlink_planted_in_the_store_is_not_followed_out_of_it(client, job_wi
         assert names == [] and SECRET.encode() not in archive.content
     else:
         assert archive.status_code == 404
+
+
+class _Planted:
+    """Unpickling this creates a marker file: proof that something unpickled it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_bearing_checkpoint_is_refused_and_never_unpickled(client, tmp_path):
+    import hashlib
+    import json
+    import pickle
+
+    from app.models import Checkpoint
+    from trainer.checkpoint import FORMAT
+
+    marker = tmp_path / "unpickled"
+    job_id = client.post("/api/jobs", json={"spec": {"steps": 10}}).json()["id"]
+    store = client.app.state.store
+    data = pickle.dumps({"generator.weight": _Planted(marker)})
+    digest = hashlib.sha256(data).hexdigest()
+    relative = f"{store.checkpoint_dir(job_id)}/step_000005.safetensors"
+    store.write(relative, data)
+    sidecar = {"format": FORMAT, "step": 5, "sha256": digest, "spec": {}, "data_shape": [2]}
+    store.write(relative.replace(".safetensors", ".json"), json.dumps(sidecar).encode())
+    engine = client.app.state.sessions.kw["bind"]
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Checkpoint).values(
+                job_id=job_id, step=5, path=relative, sha256=digest, size=len(data)
+            )
+        )
+    answer = client.post(f"/api/jobs/{job_id}/generate", json={"n": 4, "format": "npy"})
+    assert answer.status_code == 409, answer.text
+    assert not marker.exists()
+    # The same file with a checksum the database does not expect: refused before loading.
+    with engine.begin() as conn:
+        conn.execute(Checkpoint.__table__.update().values(sha256="0" * 64))
+    mismatch = client.post(f"/api/jobs/{job_id}/generate", json={"n": 4, "format": "npy"})
+    assert mismatch.status_code == 409 and "SHA-256" in mismatch.text
+    assert not marker.exists()

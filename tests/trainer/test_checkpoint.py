@@ -124,3 +124,18 @@ def test_resume_is_exact_with_learning_rate_decay():
     a, b = _state(straight), _state(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert straight.opt_g.param_groups[0]["lr"] < 1e-5  # cosine is near 0 at the end
+
+
+def test_a_pickle_in_place_of_the_tensors_is_refused_before_loading(tmp_path):
+    import hashlib
+    import json
+    import pickle
+
+    from trainer.checkpoint import FORMAT, CheckpointError, read_checkpoint
+
+    data = pickle.dumps({"generator.weight": [1.0, 2.0]})
+    (tmp_path / "step_000001.safetensors").write_bytes(data)
+    sidecar = {"format": FORMAT, "step": 1, "sha256": hashlib.sha256(data).hexdigest()}
+    (tmp_path / "step_000001.json").write_text(json.dumps(sidecar))
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        read_checkpoint(tmp_path / "step_000001.safetensors")
