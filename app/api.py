@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from app import jobs, queue, web
 from app.db import make_engine
-from app.deps import SessionDep, SettingsDep, StoreDep, job_or_404
+from app.deps import SessionDep, SettingsDep, StoreDep, job_or_404, unprocessable
 from app.models import JOB_STATUSES, Job, JobTag, utcnow
 from app.routes import artifacts, datasets, events, metrics, monitoring, specs
 from app.schemas import JobCreate, JobOut, JobPage
@@ -40,7 +40,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
         return datetime.fromisoformat(created), job_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise HTTPException(422, "cursor: not a cursor this API returned") from None
+        raise unprocessable("cursor", "not a cursor this API returned", where="query") from None
 
 
 @router.post("/jobs", status_code=201)
@@ -50,7 +50,13 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep) -> J
     problems = service_problems(spec, session, settings)
     if problems:
         detail = [
-            {"field": field, "message": f"{field}: {reason}", "loc": loc, "type": "value_error"}
+            {
+                "field": field,
+                "message": f"{field}: {reason}",
+                "msg": reason,
+                "loc": loc,
+                "type": "value_error",
+            }
             for field, reason, loc in problems
         ]
         raise HTTPException(422, detail)
@@ -89,7 +95,7 @@ def list_jobs(
 ) -> JobPage:
     """Jobs, newest first; `next_cursor` pages on."""
     if status is not None and status not in JOB_STATUSES:
-        raise HTTPException(422, f"status: must be one of {', '.join(JOB_STATUSES)}")
+        raise unprocessable("status", f"must be one of {', '.join(JOB_STATUSES)}", where="query")
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
     if status is not None:
         query = query.where(Job.status == status)
@@ -218,7 +224,13 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
                 else (f"body: {err['msg']}")
             )
             out.append(
-                {"field": "body", "message": message, "loc": err["loc"], "type": err["type"]}
+                {
+                    "field": "body",
+                    "message": message,
+                    "msg": err["msg"],
+                    "loc": err["loc"],
+                    "type": err["type"],
+                }
             )
             continue
         if loc and loc[0] in ("body", "query", "path"):
@@ -231,6 +243,7 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
             {
                 "field": field,
                 "message": f"{field}: {reason}" if field else reason,
+                "msg": err["msg"],
                 "loc": err["loc"],
                 "type": err["type"],
             }

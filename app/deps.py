@@ -41,6 +41,12 @@ def job_or_404(session: Session, job_id: str) -> Job:
     return job
 
 
-def unprocessable(field: str, reason: str) -> HTTPException:
-    """A 422 shaped like the request-validation ones: detail[].field and .message."""
-    return HTTPException(422, [{"field": field, "message": f"{field}: {reason}"}])
+def unprocessable(field: str, reason: str, where: str = "body") -> HTTPException:
+    """A 422 shaped like the request-validation ones: detail[].field and .message (plus the
+    documented loc, msg, type)."""
+    loc = [where, *field.split(".")]
+    message = f"{field}: {reason}"
+    detail = [
+        {"field": field, "message": message, "msg": reason, "loc": loc, "type": "value_error"}
+    ]
+    return HTTPException(422, detail)

@@ -95,7 +95,13 @@ def file_error(status: int, reason: str) -> HTTPException:
     """An HTTP error about the field `file`, shaped as the API's validation errors."""
     kind = "too_large" if status == 413 else "value_error"
     detail = [
-        {"field": "file", "message": f"file: {reason}", "loc": ["body", "file"], "type": kind}
+        {
+            "field": "file",
+            "message": f"file: {reason}",
+            "msg": reason,
+            "loc": ["body", "file"],
+            "type": kind,
+        }
     ]
     return HTTPException(status, detail)
 

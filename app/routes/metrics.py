@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
-from app.deps import SessionDep, job_or_404
+from app.deps import SessionDep, job_or_404, unprocessable
 from app.metricstore import read_series
 
 router = APIRouter(prefix="/api")
@@ -39,9 +39,9 @@ def _names(raw: list[str] | None) -> list[str] | None:
     names = [name.strip() for item in raw for name in item.split(",")]
     names = [name for name in names if name]
     if not names:
-        raise HTTPException(422, "names: give at least one metric name")
+        raise unprocessable("names", "give at least one metric name", where="query")
     if any("\x00" in name for name in names):
-        raise HTTPException(422, "names: a metric name cannot contain NUL")
+        raise unprocessable("names", "a metric name cannot contain NUL", where="query")
     return list(dict.fromkeys(names))
 
 

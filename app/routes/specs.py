@@ -60,6 +60,7 @@ def _error(
     return {
         "field": field,
         "message": f"{field}: {reason}" if field else reason,
+        "msg": reason,
         "loc": loc,
         "type": kind,
     }

@@ -86,7 +86,9 @@ def test_unknown_job_and_bad_parameters(client, job_id):
         assert answer.json()["detail"][0]["field"] == field
     for names in (",", "a\x00b"):
         answer = client.get(f"/api/jobs/{job_id}/metrics", params={"names": names})
-        assert answer.status_code == 422 and answer.json()["detail"].startswith("names: ")
+        assert answer.status_code == 422 and answer.json()["detail"][0]["message"].startswith(
+            "names: "
+        )
     schema = client.get("/openapi.json").json()
     assert "MetricsOut" in str(schema["paths"]["/api/jobs/{job_id}/metrics"])
     assert metrics(client, job_id) == {
