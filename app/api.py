@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import CursorResult, Engine, delete, select, text, tuple_, update
+from sqlalchemy import Connection, CursorResult, Engine, delete, select, text, tuple_, update
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from app import jobs, queue, web
 from app.db import make_engine
-from app.deps import SessionDep, SettingsDep, StoreDep, job_or_404, unprocessable
+from app.deps import SessionDep, SettingsDep, StoreDep, field_error, job_or_404, unprocessable
 from app.models import JOB_STATUSES, Job, JobTag, utcnow
 from app.routes import artifacts, datasets, events, metrics, monitoring, specs
 from app.schemas import JobCreate, JobOut, JobPage
@@ -49,17 +50,9 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep) -> J
     spec = body.spec
     problems = service_problems(spec, session, settings)
     if problems:
-        detail = [
-            {
-                "field": field,
-                "message": f"{field}: {reason}",
-                "msg": reason,
-                "loc": loc,
-                "type": "value_error",
-            }
-            for field, reason, loc in problems
-        ]
-        raise HTTPException(422, detail)
+        raise HTTPException(
+            422, [field_error(field, reason, loc) for field, reason, loc in problems]
+        )
     job = Job(
         name=body.name or spec.name,
         status="queued",
@@ -131,12 +124,7 @@ def cancel_job(job_id: str, session: SessionDep) -> JobOut:
     """Cooperative cancel: a queued job is `cancelled` at once; a running one becomes
     `cancelling`, and its worker checkpoints and marks it `cancelled` within a second."""
     job_or_404(session, job_id)
-    try:
-        jobs.request_cancel(session.connection(), job_id)
-        session.commit()
-    except jobs.TransitionError as exc:
-        session.rollback()
-        raise HTTPException(409, str(exc)) from None
+    _transition(session, jobs.request_cancel, job_id)
     return _fresh(session, job_id)
 
 
@@ -145,12 +133,7 @@ def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobOu
     """Requeue a failed or cancelled job; it continues from its last checkpoint."""
     job = job_or_404(session, job_id)
     device = str(job.spec.get("device", "auto"))
-    try:
-        jobs.request_resume(session.connection(), job_id)
-        session.commit()
-    except jobs.TransitionError as exc:
-        session.rollback()
-        raise HTTPException(409, str(exc)) from None
+    _transition(session, jobs.request_resume, job_id)
     try:
         queue.enqueue(settings, job_id, device)
     except Exception as exc:  # noqa: BLE001
@@ -178,6 +161,16 @@ def delete_job(job_id: str, session: SessionDep, store: StoreDep) -> Response:
         )
     store.delete_job(job_id)
     return Response(status_code=204)
+
+
+def _transition(session: Session, change: Callable[[Connection, str], object], job_id: str) -> None:
+    """Apply one of app.jobs' conditional transitions and commit; a refusal is a 409."""
+    try:
+        change(session.connection(), job_id)
+        session.commit()
+    except jobs.TransitionError as exc:
+        session.rollback()
+        raise HTTPException(409, str(exc)) from None
 
 
 def _fresh(session: Session, job_id: str) -> JobOut:

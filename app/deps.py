@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,12 +41,20 @@ def job_or_404(session: Session, job_id: str) -> Job:
     return job
 
 
+def field_error(
+    field: str, reason: str, loc: list[str | int], kind: str = "value_error"
+) -> dict[str, Any]:
+    """One entry of an error `detail`: our `field` and one-line `message`, beside the `loc`,
+    `msg` and `type` that FastAPI's documented validation-error schema requires."""
+    return {
+        "field": field,
+        "message": f"{field}: {reason}" if field else reason,
+        "msg": reason,
+        "loc": loc,
+        "type": kind,
+    }
+
+
 def unprocessable(field: str, reason: str, where: str = "body") -> HTTPException:
-    """A 422 shaped like the request-validation ones: detail[].field and .message (plus the
-    documented loc, msg, type)."""
-    loc = [where, *field.split(".")]
-    message = f"{field}: {reason}"
-    detail = [
-        {"field": field, "message": message, "msg": reason, "loc": loc, "type": "value_error"}
-    ]
-    return HTTPException(422, detail)
+    """A 422 shaped like the request-validation ones."""
+    return HTTPException(422, [field_error(field, reason, [where, *field.split(".")])])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, select, update
 
@@ -71,7 +71,7 @@ def reconcile(engine: Engine, settings: Settings) -> Report:
     by_queue: dict[str, list[tuple[str, bool]]] = {}
     for job_id, spec, queued_at in queued:
         name = queue.queue_for(settings, str(spec.get("device", "auto")))
-        stale = job_id in report.requeued or queued_at is None or _aware(queued_at) < stale_before
+        stale = job_id in report.requeued or queued_at is None or queued_at < stale_before
         by_queue.setdefault(name, []).append((job_id, stale))
     depth = queue.queue_depth(settings) if by_queue else {}
     for name, entries in by_queue.items():
@@ -94,8 +94,3 @@ def _resend(
             update(Job).where(Job.id == job_id, Job.status == "queued").values(queued_at=now)
         )
     queue.client(settings).send_task(queue.RUN_JOB, args=[job_id], queue=queue_name)
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands datetimes back without a zone; everything is stored in UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

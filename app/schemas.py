@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -26,13 +26,6 @@ class JobCreate(BaseModel):
         return list(dict.fromkeys(tags))
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands datetimes back without a zone; everything is stored in UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -49,12 +42,7 @@ class JobOut(BaseModel):
     attempt: int
     created_at: datetime
     started_at: datetime | None
-    finished_at: datetime | None
-
-    @field_validator("created_at", "started_at", "finished_at")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return _aware(value)
+    finished_at: datetime | None  # every timestamp is UTC (app.models.UTCDateTime)
 
 
 class JobPage(BaseModel):

@@ -22,15 +22,13 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,9 +40,6 @@ from app.models import Job  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 
-ADMIN_URL = os.environ.get(
-    "GANFORGE_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 NAMES = [
     "loss/d",
     "loss/g",
@@ -61,16 +56,10 @@ NAMES = [
 
 @contextmanager
 def scratch_postgres() -> Iterator[str]:
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"ganforge_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    """A fresh PostgreSQL database, dropped afterwards (the tests' own helper)."""
+    from tests.app.conftest import _fresh_postgres
+
+    yield from _fresh_postgres()
 
 
 @contextmanager

@@ -28,7 +28,7 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Annotated, Literal
 
@@ -38,7 +38,7 @@ import numpy as np
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -70,11 +70,6 @@ INT32_MAX = 2**31 - 1
 StepInt = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite hands datetimes back without a zone; everything is stored in UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
 # ---- bodies -------------------------------------------------------------------------------
 
 
@@ -94,11 +89,6 @@ class CheckpointOut(BaseModel):
     size: int
     url: str
     created_at: datetime
-
-    @field_validator("created_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        return _utc(value)
 
 
 class CheckpointList(BaseModel):

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import select
@@ -39,7 +39,7 @@ from app.datasets import (
     remove_quietly,
     usable_with,
 )
-from app.deps import SessionDep, SettingsDep, StoreDep
+from app.deps import SessionDep, SettingsDep, StoreDep, field_error
 from app.models import Dataset, Job, new_id
 from app.store import ArtifactStore
 
@@ -67,12 +67,6 @@ class DatasetOut(BaseModel):
     usable_with: list[str]
     created_at: datetime
 
-    @field_validator("created_at")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        # SQLite hands datetimes back without a zone; everything is stored in UTC.
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
     @classmethod
     def of(cls, row: Dataset) -> DatasetOut:
         return cls(
@@ -94,16 +88,7 @@ class DatasetList(BaseModel):
 def file_error(status: int, reason: str) -> HTTPException:
     """An HTTP error about the field `file`, shaped as the API's validation errors."""
     kind = "too_large" if status == 413 else "value_error"
-    detail = [
-        {
-            "field": "file",
-            "message": f"file: {reason}",
-            "msg": reason,
-            "loc": ["body", "file"],
-            "type": kind,
-        }
-    ]
-    return HTTPException(status, detail)
+    return HTTPException(status, [field_error("file", reason, ["body", "file"], kind)])
 
 
 def _too_large(max_bytes: int) -> HTTPException:

@@ -17,7 +17,7 @@ import yaml
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.deps import SessionDep, SettingsDep
+from app.deps import SessionDep, SettingsDep, field_error
 from app.presets import Preset, presets
 from app.speccheck import service_problems
 from trainer.leaks import leaking_networks
@@ -54,18 +54,6 @@ class PresetList(BaseModel):
     items: list[Preset]
 
 
-def _error(
-    field: str, reason: str, loc: list[str | int], kind: str = "value_error"
-) -> dict[str, Any]:
-    return {
-        "field": field,
-        "message": f"{field}: {reason}" if field else reason,
-        "msg": reason,
-        "loc": loc,
-        "type": kind,
-    }
-
-
 def _unprocessable(errors: list[dict[str, Any]]) -> HTTPException:
     return HTTPException(422, errors)
 
@@ -76,7 +64,7 @@ def _spec_errors(exc: ValidationError) -> list[dict[str, Any]]:
     for err in exc.errors():
         field, reason = describe_error(err)
         out.append(
-            _error(
+            field_error(
                 f"spec.{field}" if field else "spec",
                 reason,
                 ["body", "spec", *err["loc"]],
@@ -104,7 +92,7 @@ def _load_yaml(text: str) -> Any:
     if len(text) > MAX_YAML_CHARS:
         raise _unprocessable(
             [
-                _error(
+                field_error(
                     "spec",
                     f"the YAML text is {len(text)} characters, over the limit of {MAX_YAML_CHARS}",
                     ["body", "yaml"],
@@ -114,7 +102,7 @@ def _load_yaml(text: str) -> Any:
     try:
         raw = yaml.safe_load(text)
     except Exception as exc:  # noqa: BLE001 - YAMLError, RecursionError, ValueError (bad dates)
-        raise _unprocessable([_error("spec", _yaml_problem(exc), ["body", "yaml"])]) from None
+        raise _unprocessable([field_error("spec", _yaml_problem(exc), ["body", "yaml"])]) from None
     return {} if raw is None else raw  # an empty document is the empty spec, as in the CLI
 
 
@@ -144,17 +132,17 @@ def validate_spec(body: SpecCheck, session: SessionDep, settings: SettingsDep) -
     sent = body.model_fields_set & {"spec", "yaml"}
     if sent == {"spec", "yaml"}:
         raise _unprocessable(
-            [_error("yaml", "send either spec or yaml, not both", ["body", "yaml"])]
+            [field_error("yaml", "send either spec or yaml, not both", ["body", "yaml"])]
         )
     if not sent:
         raise _unprocessable(
-            [_error("spec", "Field required (send spec, an object, or yaml, text)", ["body"])]
+            [field_error("spec", "Field required (send spec, an object, or yaml, text)", ["body"])]
         )
     raw = _load_yaml(body.yaml or "") if "yaml" in sent else body.spec
     if not isinstance(raw, dict):
         kind = "null" if raw is None else type(raw).__name__
         raise _unprocessable(
-            [_error("spec", f"must be a mapping of fields, got {kind}", ["body", "spec"])]
+            [field_error("spec", f"must be a mapping of fields, got {kind}", ["body", "spec"])]
         )
     try:
         spec = TrainSpec.model_validate(raw)
@@ -162,7 +150,7 @@ def validate_spec(body: SpecCheck, session: SessionDep, settings: SettingsDep) -
         raise _unprocessable(_spec_errors(exc)) from None
     dumped = spec.model_dump(mode="json")
     bad = [
-        _error(
+        field_error(
             "spec." + ".".join(str(p) for p in path),
             "Input should be a finite number",
             ["body", "spec", *path],
@@ -175,7 +163,7 @@ def validate_spec(body: SpecCheck, session: SessionDep, settings: SettingsDep) -
     # What POST /api/jobs checks beyond the spec itself (the same function).
     problems = service_problems(spec, session, settings)
     if problems:
-        raise _unprocessable([_error(field, reason, loc) for field, reason, loc in problems])
+        raise _unprocessable([field_error(field, reason, loc) for field, reason, loc in problems])
     schedule = spec.schedule
     leaking = leaking_networks(
         order=schedule.order, isolation=schedule.isolation, zero_grad=schedule.zero_grad
