@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import screenshot
 from tests.service.conftest import Service, tiny_spec
@@ -72,7 +73,8 @@ def test_two_jobs_overlay_one_chart_per_metric_labelled_by_their_differences(pag
     # The jobs link to their pages; the picker is folded but lists both, ticked.
     assert page.locator(f'#compare-jobs a[href="/jobs/{a}"]').is_visible()
     assert not page.locator("#picker").evaluate("d => d.open")
-    assert page.locator(f"#pick-{a}").is_checked() and page.locator(f"#pick-{b}").is_checked()
+    expect(page.locator(f"#pick-{a}")).to_be_checked()
+    expect(page.locator(f"#pick-{b}")).to_be_checked()
     assert page.locator("#compare-error").is_hidden()
     screenshot(page, "compare_two_jobs")
 
@@ -139,8 +141,7 @@ def test_bad_links_show_a_message(page, live, two_jobs):
     assert "No job with id “no-such-job”" in error.inner_text()
     assert page.locator("#compare-result").is_hidden()
     assert page.locator("#picker").evaluate("d => d.open")
-    page.locator(f"#pick-{a}").wait_for()
-    assert page.locator(f"#pick-{a}").is_checked()
+    expect(page.locator(f"#pick-{a}")).to_be_checked()
     screenshot(page, "compare_unknown_id")
 
     # One id (the job page's "Compare with…"): that job ticked, asking for more.
@@ -148,8 +149,7 @@ def test_bad_links_show_a_message(page, live, two_jobs):
     hint = page.locator("#compare-hint")
     hint.wait_for()
     assert f"Pick at least one more job to compare with {a[:8]}" in hint.inner_text()
-    page.locator(f"#pick-{a}").wait_for()
-    assert page.locator(f"#pick-{a}").is_checked()
+    expect(page.locator(f"#pick-{a}")).to_be_checked()
     assert page.locator("#compare-error").is_hidden()
     seven = ",".join(f"id{i}" for i in range(7))
     page.goto(f"/compare?ids={seven}")

@@ -366,6 +366,7 @@ const compare = (() => {
     // The jobs being compared come first, even when they are not among the recent ones.
     addToPicker(knownJobs);
     picker.selected = knownJobs.map((j) => j.id);
+    updatePickerState(); // ticked now, not only once the first page of jobs has arrived
     $("picker-form").addEventListener("submit", (e) => {
       e.preventDefault();
       const n = picker.selected.length;
