@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Connection, CursorResult, Engine, delete, select, text, tuple_, update
@@ -18,10 +18,12 @@ from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from app import jobs, queue, web
+from app.auth import CallerDep, authorize
 from app.db import make_engine
 from app.deps import SessionDep, SettingsDep, StoreDep, field_error, job_or_404, unprocessable
 from app.models import JOB_STATUSES, Job, JobTag, utcnow
 from app.routes import artifacts, datasets, events, metrics, monitoring, specs
+from app.routes import auth as auth_routes
 from app.schemas import JobCreate, JobOut, JobPage
 from app.settings import Settings, get_settings
 from app.speccheck import service_problems
@@ -45,7 +47,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 @router.post("/jobs", status_code=201)
-def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep) -> JobOut:
+def create_job(
+    body: JobCreate, session: SessionDep, settings: SettingsDep, caller: CallerDep
+) -> JobOut:
     """Store a job (status `queued`) with its validated spec, defaults filled in, and queue it."""
     spec = body.spec
     problems = service_problems(spec, session, settings)
@@ -61,6 +65,7 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep) -> J
         warnings=spec.warnings(),
         priority=body.priority,
         queued_at=utcnow(),
+        created_by=caller.token,
         tag_rows=[JobTag(tag=t, position=i) for i, t in enumerate(body.tags)],
     )
     session.add(job)
@@ -261,7 +266,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     """The API on the settings' database (migrations must have run: `ganforge db upgrade`)."""
     settings = settings or get_settings()
     engine = engine or make_engine(settings.database_url)
-    app = FastAPI(title="ganforge", version="0.1.0")
+    # Every route passes app.auth.authorize: writes and downloads need a token once one exists.
+    app = FastAPI(title="ganforge", version="0.1.0", dependencies=[Depends(authorize)])
     app.state.settings = settings
     app.state.sessions = sessionmaker(engine, expire_on_commit=False)
     # Plain reads without BEGIN/ROLLBACK round trips.
@@ -272,7 +278,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(DataError, _unstorable)
     app.include_router(router)
-    for module in (metrics, artifacts, datasets, events, monitoring, specs):
+    for module in (metrics, artifacts, datasets, events, monitoring, specs, auth_routes):
         app.include_router(module.router)
     web.mount(app)
 

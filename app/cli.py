@@ -5,14 +5,24 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from trainer.cli import app
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
 db = typer.Typer(no_args_is_help=True, help="The service database.")
 app.add_typer(db, name="db")
+token = typer.Typer(
+    no_args_is_help=True,
+    help="API tokens: once one exists, writes and artifact downloads need one.",
+)
+app.add_typer(token, name="token")
+
+INSECURE_HELP = "listen on a non-loopback address even though no API token exists"
 
 
 @db.command()
@@ -39,17 +49,116 @@ def upgrade_database(revision: str = "head") -> None:
     typer.echo(f"database at revision {revision}: {_redacted(url)}")
 
 
+@token.command("create")
+def token_create(
+    name: str = typer.Argument(..., help="who or what uses it (e.g. alice, ci); never reused"),
+) -> None:
+    """Make a token and print it once; only its SHA-256 is stored."""
+    from app.auth import TokenError, create_token
+
+    engine = _migrated_engine()
+    try:
+        with engine.begin() as conn:
+            secret = create_token(conn, name)
+    except TokenError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(secret)
+    typer.echo(
+        f"token {name!r} created: this is the only time it is shown. Send it as "
+        "`Authorization: Bearer <token>`, or set GANFORGE_TOKEN for `ganforge submit`.",
+        err=True,
+    )
+
+
+@token.command("list")
+def token_list() -> None:
+    """Tokens by name, with when they were made, last used and revoked (never the secret)."""
+    from sqlalchemy import select
+
+    from app.models import ApiToken
+
+    engine = _migrated_engine()
+    with engine.connect() as conn:
+        rows = conn.execute(select(ApiToken).order_by(ApiToken.created_at)).all()
+    if not rows:
+        typer.echo("no tokens: the API is open (writes and downloads need no token)")
+        return
+    typer.echo(f"{'NAME':24} {'CREATED':20} {'LAST USED':20} REVOKED")
+    for row in rows:
+        typer.echo(
+            f"{row.name:24} {_stamp(row.created_at):20} {_stamp(row.last_used_at):20} "
+            f"{_stamp(row.revoked_at)}"
+        )
+
+
+@token.command("revoke")
+def token_revoke(name: str = typer.Argument(..., help="the token's name")) -> None:
+    """Refuse a token from now on. The API stays protected even when none is left valid."""
+    from app.auth import revoke_token
+
+    engine = _migrated_engine()
+    with engine.begin() as conn:
+        revoked = revoke_token(conn, name)
+    if not revoked:
+        typer.echo(f"error: name: no valid token named {name!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"token {name!r} revoked")
+
+
+def _migrated_engine() -> Engine:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.db import make_engine
+    from app.db import upgrade as run_upgrade
+    from app.settings import get_settings
+
+    url = get_settings().database_url
+    try:
+        run_upgrade(url, "head")
+    except SQLAlchemyError as exc:
+        typer.echo(f"error: database: {str(exc).splitlines()[0]}", err=True)
+        raise typer.Exit(1) from None
+    return make_engine(url)
+
+
+def _stamp(value: object) -> str:
+    from datetime import datetime
+
+    return value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else "-"
+
+
+def refuse_exposure(host: str, insecure: bool) -> None:
+    """Exit when the API would listen beyond this machine with no token to guard it."""
+    from app.auth import is_loopback, tokens_exist
+
+    if insecure or is_loopback(host):
+        return
+    with _migrated_engine().connect() as conn:
+        if tokens_exist(conn):
+            return
+    typer.echo(
+        f"error: --host {host}: anyone who can reach this address could submit jobs and "
+        "download artifacts, and no API token exists. Make one first (`ganforge token "
+        "create NAME`), or pass --insecure to serve it open.",
+        err=True,
+    )
+    raise typer.Exit(2)
+
+
 @app.command()
 def api(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, help="port to listen on"),
     migrate: bool = typer.Option(True, help="run `db upgrade` first"),
+    insecure: bool = typer.Option(False, help=INSECURE_HELP),
 ) -> None:
     """Serve the REST API (OpenAPI docs at /docs) on GANFORGE_DATABASE_URL."""
     import uvicorn
 
     if migrate:
         upgrade_database("head")
+    refuse_exposure(host, insecure)
     uvicorn.run("app.api:create_app", factory=True, host=host, port=port)
 
 
@@ -95,6 +204,7 @@ def up(
     port: int = typer.Option(8000, help="port the API listens on"),
     workers: int = typer.Option(1, min=1, help="worker processes (one job each at a time)"),
     threads: int = typer.Option(0, help="torch threads per worker (0: cores / workers)"),
+    insecure: bool = typer.Option(False, help=INSECURE_HELP),
 ) -> None:
     """Run everything here: migrations, the API and worker processes, until Ctrl-C.
 
@@ -104,7 +214,14 @@ def up(
     from app.supervisor import run
 
     raise typer.Exit(
-        run(host=host, port=port, workers=workers, threads=threads or None, echo=typer.echo)
+        run(
+            host=host,
+            port=port,
+            workers=workers,
+            threads=threads or None,
+            insecure=insecure,
+            echo=typer.echo,
+        )
     )
 
 
@@ -117,6 +234,12 @@ def submit(
     watch: bool = typer.Option(False, help="follow the job with a progress bar until it ends"),
     name: str | None = typer.Option(None, help="job name (default: the spec's name)"),
     tag: Annotated[list[str] | None, typer.Option(help="a tag for the job (repeatable)")] = None,
+    api_token: str | None = typer.Option(
+        None,
+        "--token",
+        envvar="GANFORGE_TOKEN",
+        help="API token (`ganforge token create`), when the server needs one",
+    ),
 ) -> None:
     """Submit a job to a running service (`ganforge up` or `ganforge api`)."""
     import httpx2
@@ -136,7 +259,8 @@ def submit(
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from None
     try:
-        with httpx2.Client(base_url=server, timeout=30) as client:
+        headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
+        with httpx2.Client(base_url=server, timeout=30, headers=headers) as client:
             job = send(client, raw or {}, name=name, tags=tag or [])
             typer.echo(f"job {job['id']} queued: {server}/api/jobs/{job['id']}")
             for warning in job.get("warnings", []):

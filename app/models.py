@@ -89,6 +89,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The name of the API token that submitted it (None when the service needs no token).
+    created_by: Mapped[str | None] = mapped_column(String(100))
 
     tag_rows: Mapped[list[JobTag]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="JobTag.position"
@@ -155,3 +157,21 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class ApiToken(Base):
+    """An API token (`ganforge token create NAME`). Only the SHA-256 of the token is kept;
+    `prefix` is its public part, by which a presented token is found before the digests are
+    compared in constant time. A revoked token stays, so revoking the last one does not open
+    the service, and its name is not reused."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

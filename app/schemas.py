@@ -43,6 +43,7 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None  # every timestamp is UTC (app.models.UTCDateTime)
+    created_by: str | None = Field(None, description="the name of the token that submitted it")
 
 
 class JobPage(BaseModel):

@@ -48,12 +48,17 @@ def run(
     workers: int,
     threads: int | None,
     echo: Callable[[str], None],
+    insecure: bool = False,
 ) -> int:
-    from app.cli import upgrade_database
+    from app.cli import refuse_exposure, upgrade_database
 
     upgrade_database("head")
+    refuse_exposure(host, insecure)
     per_worker = threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
-    children = [Child("api", _cli("api", "--host", host, "--port", str(port), "--no-migrate"))]
+    # The exposure was checked just above: the API child need not refuse again.
+    children = [
+        Child("api", _cli("api", "--host", host, "--port", str(port), "--no-migrate", "--insecure"))
+    ]
     children += [
         Child(f"worker-{i + 1}", _cli("worker", "--threads", str(per_worker)))
         for i in range(workers)

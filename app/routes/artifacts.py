@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from torch import nn
 
+from app.auth import download
 from app.deps import SessionDep, StoreDep, job_or_404
 from app.models import Checkpoint, Sample
 from app.store import ArtifactStore, StoreError
@@ -152,6 +153,7 @@ def list_samples(job_id: str, session: SessionDep) -> SampleList:
     response_class=StreamingResponse,
     responses={200: {"content": {"application/zip": {}}}, 404: {"description": "none yet"}},
 )
+@download
 def samples_zip(job_id: str, session: SessionDep, store: StoreDep) -> StreamingResponse:
     """Every sample PNG of the job as `step_000200.png`, ... (404 while there are none).
 
@@ -205,6 +207,7 @@ def _stream(spool: IO[bytes]) -> Iterator[bytes]:
     response_class=FileResponse,
     responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such sample"}},
 )
+@download
 def get_sample(
     job_id: str,
     sample_id: int,
@@ -277,6 +280,7 @@ def list_checkpoints(job_id: str, session: SessionDep) -> CheckpointList:
         409: {"description": "the file's size is not the one stored"},
     },
 )
+@download
 def get_checkpoint(
     job_id: str,
     step: int,

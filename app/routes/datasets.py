@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.auth import CallerDep
 from app.datasets import (
     DatasetFileError,
     DatasetTooLarge,
@@ -66,6 +67,7 @@ class DatasetOut(BaseModel):
     sha256: str
     usable_with: list[str]
     created_at: datetime
+    created_by: str | None = Field(None, description="the name of the token that uploaded it")
 
     @classmethod
     def of(cls, row: Dataset) -> DatasetOut:
@@ -78,6 +80,7 @@ class DatasetOut(BaseModel):
             sha256=row.sha256,
             usable_with=usable_with(row.shape),
             created_at=row.created_at,
+            created_by=row.created_by,
         )
 
 
@@ -218,7 +221,12 @@ def _check_content_length(request: Request, max_bytes: int) -> None:
 
 
 def _store_upload(
-    upload: Path, filename: str | None, session: Session, store: ArtifactStore, max_bytes: int
+    upload: Path,
+    filename: str | None,
+    session: Session,
+    store: ArtifactStore,
+    max_bytes: int,
+    created_by: str | None = None,
 ) -> Dataset:
     """Check the uploaded file, move it into the store as .npy and record it (in a thread)."""
     prepared: Path | None = None
@@ -240,6 +248,7 @@ def _store_upload(
             size=size,
             sha256=sha256,
             path=relative,
+            created_by=created_by,
         )
         session.add(row)
         session.commit()
@@ -284,7 +293,11 @@ UPLOAD_BODY: dict[str, Any] = {
     responses={413: {"description": "the file is over the upload limit"}},
 )
 async def upload_dataset(
-    request: Request, session: SessionDep, settings: SettingsDep, store: StoreDep
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    caller: CallerDep,
 ) -> DatasetOut:
     """Upload an array (multipart field `file`); stored as `.npy`, usable as `data.dataset_id`.
 
@@ -300,7 +313,7 @@ async def upload_dataset(
         await upload.read(request)
         assert upload.path is not None
         row = await run_in_threadpool(
-            _store_upload, upload.path, upload.filename, session, store, max_bytes
+            _store_upload, upload.path, upload.filename, session, store, max_bytes, caller.token
         )
     except _Refused as refused:
         raise refused.error from None

@@ -17,6 +17,7 @@ import yaml
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.auth import public
 from app.deps import SessionDep, SettingsDep, field_error
 from app.presets import Preset, presets
 from app.speccheck import service_problems
@@ -122,6 +123,7 @@ def _non_finite(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[
     "/specs/validate",
     responses={422: {"description": "the spec is invalid: detail[] names each field"}},
 )
+@public
 def validate_spec(body: SpecCheck, session: SessionDep, settings: SettingsDep) -> SpecReport:
     """Check a spec as `POST /api/jobs` would, without storing anything.
 

@@ -96,6 +96,7 @@ def test_float_vectors_upload_and_the_trainer_reads_the_stored_file(client, tmp_
         "sha256",
         "usable_with",
         "created_at",
+        "created_by",
     }
     assert made["shape"] == [100, 2] and made["dtype"] == "float32"
     assert made["usable_with"] == ["mlp"]

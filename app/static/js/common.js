@@ -23,6 +23,163 @@ const gf = (() => {
     return String(detail);
   }
 
+  /* ---- the API token ------------------------------------------------------------------
+   * Once the server has a token (`ganforge token create NAME`), writes and downloads need
+   * one. The page keeps it in localStorage, sends it as `Authorization: Bearer`, and sets it
+   * as a SameSite=Strict cookie, which the server takes for downloads (links, <img>) only.
+   */
+  const TOKEN_KEY = "ganforge.token";
+  const COOKIE = "ganforge_token";
+  const auth = {
+    required: false, // the server needs a token
+    name: null, // the stored token's name, when the server accepts it
+    ready: null, // resolves once the server has said the above
+    stored() {
+      try { return localStorage.getItem(TOKEN_KEY) || ""; } catch { return ""; }
+    },
+    /** Writes and downloads will be refused: a token is needed and none good is stored. */
+    locked() { return auth.required && !auth.name; },
+    headers() {
+      const token = auth.stored();
+      return token ? { authorization: `Bearer ${token}` } : {};
+    },
+  };
+
+  function setCookie(token) {
+    const secure = location.protocol === "https:" ? "; Secure" : "";
+    document.cookie = token
+      ? `${COOKIE}=${encodeURIComponent(token)}; path=/; SameSite=Strict${secure}`
+      : `${COOKIE}=; path=/; max-age=0; SameSite=Strict${secure}`;
+  }
+
+  function store(token) {
+    try {
+      if (token) localStorage.setItem(TOKEN_KEY, token);
+      else localStorage.removeItem(TOKEN_KEY);
+    } catch { /* storage off: the token lasts until the page closes */ }
+    setCookie(token);
+  }
+
+  async function whoami(token) {
+    const answer = await fetch("/api/auth", {
+      headers: token ? { authorization: `Bearer ${token}` } : {},
+      credentials: "omit", // judge this token, not the cookie
+    });
+    if (!answer.ok) throw new Error(`/api/auth answered ${answer.status}`);
+    return answer.json();
+  }
+
+  function renderAuth() {
+    const box = document.getElementById("auth");
+    if (!box) return;
+    box.hidden = !auth.required;
+    document.getElementById("auth-state").textContent = auth.name
+      ? `Token: ${auth.name}` : "Read-only: no token";
+    document.getElementById("auth-button").textContent = auth.name ? "Forget token" : "Enter token";
+  }
+
+  async function refreshAuth() {
+    try {
+      const stored = auth.stored();
+      const state = await whoami(stored);
+      auth.required = state.required;
+      auth.name = state.token;
+      if (stored && state.required && !state.token) {
+        store("");
+        toast(`The saved API token was refused (${state.error || "not valid"}); enter another.`, 8000);
+      }
+    } catch {
+      // Unknown: treat as open; a refused request will ask for the token.
+    }
+    renderAuth();
+    document.dispatchEvent(new CustomEvent("gf-auth"));
+  }
+
+  let asking = null;
+  /** Ask for a token (the dialog); resolves true once a good one is saved, false if not. */
+  function askToken(reason) {
+    if (asking) return asking;
+    const dialog = document.getElementById("token-dialog");
+    if (!dialog) return Promise.resolve(false);
+    const input = document.getElementById("token-input");
+    const error = document.getElementById("token-error");
+    const why = document.getElementById("token-why");
+    if (!why.dataset.default) why.dataset.default = why.innerHTML;
+    if (reason) why.textContent = reason;
+    else why.innerHTML = why.dataset.default;
+    input.value = "";
+    error.textContent = "";
+    asking = new Promise((resolve) => {
+      let saved = false;
+      const form = document.getElementById("token-form");
+      const onSubmit = async (e) => {
+        e.preventDefault();
+        const token = input.value.trim();
+        if (!token) { error.textContent = "Paste the token that `ganforge token create` printed."; return; }
+        try {
+          const state = await whoami(token);
+          if (state.required && !state.token) {
+            error.textContent = `That token is refused: ${state.error || "not valid"}.`;
+            input.focus();
+            return;
+          }
+          store(token);
+          auth.required = state.required;
+          auth.name = state.token;
+          saved = true;
+          dialog.close();
+        } catch (err) {
+          error.textContent = `Could not check the token: ${err.message}`;
+        }
+      };
+      const onCancel = () => dialog.close();
+      form.addEventListener("submit", onSubmit);
+      document.getElementById("token-cancel").addEventListener("click", onCancel);
+      dialog.addEventListener("close", () => {
+        form.removeEventListener("submit", onSubmit);
+        document.getElementById("token-cancel").removeEventListener("click", onCancel);
+        asking = null;
+        renderAuth();
+        if (saved) {
+          toast(`Token “${auth.name}” saved in this browser`);
+          document.dispatchEvent(new CustomEvent("gf-auth"));
+        }
+        resolve(saved);
+      }, { once: true });
+      dialog.showModal();
+      input.focus();
+    });
+    return asking;
+  }
+
+  function forgetToken() {
+    store("");
+    auth.name = null;
+    renderAuth();
+    toast("Token forgotten: this browser is read-only now");
+    document.dispatchEvent(new CustomEvent("gf-auth"));
+  }
+
+  /** fetch with the token; on a 401, ask for a token once and send the request again. */
+  async function request(path, options = {}) {
+    const send = () => fetch(path, { ...options, headers: { ...(options.headers || {}), ...auth.headers() } });
+    let answer = await send();
+    if (answer.status === 401) {
+      const body = await answer.clone().json().catch(() => ({}));
+      auth.required = true;
+      auth.name = null;
+      if (await askToken(typeof body.detail === "string" ? tokenReason(body.detail) : undefined)) {
+        answer = await send();
+      }
+    }
+    return answer;
+  }
+
+  function tokenReason(detail) {
+    return `${detail.replace(/^authorization: /, "").split(";")[0]}. ` +
+      "Make a token on the server with `ganforge token create NAME` and paste it here.";
+  }
+
   /** fetch JSON from the API; throws ApiError with the server's detail on 4xx/5xx. */
   async function api(path, options = {}) {
     const opts = { ...options, headers: { ...(options.headers || {}) } };
@@ -31,7 +188,7 @@ const gf = (() => {
       opts.headers["content-type"] = "application/json";
       delete opts.json;
     }
-    const answer = await fetch(path, opts);
+    const answer = await request(path, opts);
     if (answer.status === 204) return null;
     const type = answer.headers.get("content-type") || "";
     const body = type.includes("json") ? await answer.json() : await answer.text();
@@ -155,5 +312,22 @@ const gf = (() => {
     return [xs, ...ys];
   }
 
-  return { api, ApiError, describeDetail, el, badge, duration, when, timing, toast, follow, chart, align, PALETTE };
+  // A download link while locked: ask for the token first, then follow the link.
+  document.addEventListener("click", async (e) => {
+    const link = e.target instanceof Element ? e.target.closest("a[data-download]") : null;
+    if (!link || !auth.locked()) return;
+    e.preventDefault();
+    if (await askToken("Downloads need an API token on this server.")) link.click();
+  });
+  document.addEventListener("DOMContentLoaded", () => {
+    const button = document.getElementById("auth-button");
+    if (button) button.addEventListener("click", () => (auth.name ? forgetToken() : askToken()));
+    renderAuth();
+  });
+  setCookie(auth.stored()); // before any page script asks for a download
+  auth.ready = refreshAuth();
+  auth.ask = askToken;
+  auth.forget = forgetToken;
+
+  return { api, request, auth, ApiError, describeDetail, el, badge, duration, when, timing, toast, follow, chart, align, PALETTE };
 })();

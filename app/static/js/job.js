@@ -148,6 +148,7 @@
     $("job-attempt").textContent = attempt > 1
       ? `Attempt ${attempt} (resumed ${attempt - 1} time${attempt > 2 ? "s" : ""}); the times are this attempt's.`
       : `Attempt ${attempt}.`;
+    if (job.created_by) $("job-attempt").textContent += ` Submitted with the token “${job.created_by}”.`;
   }
 
   async function act(what) {
@@ -494,7 +495,11 @@
     $("sample-step-label").textContent = `step ${s.step.toLocaleString()}`;
     $("sample-count").textContent = `${i + 1} of ${state.samples.length}${last ? " (latest)" : ""}`;
     const img = $("sample-img");
-    if (img.getAttribute("src") !== s.url) img.src = s.url;
+    const locked = gf.auth.locked();
+    $("samples-locked").hidden = !locked;
+    $("sample-open").hidden = locked;
+    if (locked) img.removeAttribute("src");
+    else if (img.getAttribute("src") !== s.url) img.src = s.url;
     img.alt = `Samples at step ${s.step}`;
     $("sample-download").href = `${s.url}?download=1`;
     $("sample-download").setAttribute("download", `${jobId}-step_${String(s.step).padStart(6, "0")}.png`);
@@ -505,7 +510,8 @@
   function fillDialog(s) {
     $("sample-dialog-title").textContent = `Samples at step ${s.step.toLocaleString()}`;
     const img = $("sample-dialog-img");
-    img.src = s.url;
+    if (gf.auth.locked()) img.removeAttribute("src");
+    else img.src = s.url;
     img.alt = `Samples at step ${s.step}, full size`;
   }
 
@@ -545,10 +551,10 @@
       el("td", { class: "num", text: bytes(c.size) }),
       el("td", {}, el("code", { title: c.sha256, text: `${c.sha256.slice(0, 12)}…` })),
       el("td", { class: "actions" },
-        el("a", { href: c.url, download: `${jobId}-step_${String(c.step).padStart(6, "0")}.safetensors`,
+        el("a", { href: c.url, "data-download": true, download: `${jobId}-step_${String(c.step).padStart(6, "0")}.safetensors`,
           "aria-label": `Download the checkpoint of step ${c.step}`, text: "Download" }),
         " ",
-        el("a", { href: `${c.url}?part=sidecar`, class: "muted small",
+        el("a", { href: `${c.url}?part=sidecar`, class: "muted small", "data-download": true,
           "aria-label": `Download the JSON sidecar of step ${c.step}`, text: "sidecar" })),
     )));
     const select = $("gen-step");
@@ -595,7 +601,7 @@
     button.textContent = "Generating…";
     $("gen-error").textContent = "";
     try {
-      const answer = await fetch(`/api/jobs/${jobId}/generate`, {
+      const answer = await gf.request(`/api/jobs/${jobId}/generate`, {
         method: "POST", headers: { "content-type": "application/json" }, body,
       });
       if (!answer.ok) {
@@ -698,6 +704,9 @@
     if (i >= 0 && i < state.samples.length) showSample(i);
   });
   $("generate-form").addEventListener("submit", generate);
+  $("samples-unlock").addEventListener("click", () => gf.auth.ask("Sample images need an API token on this server."));
+  // A token entered or forgotten: show (or hide) the sample images.
+  document.addEventListener("gf-auth", () => { if (state.samples.length) renderSamples(); });
   $("spec-copy").addEventListener("click", async () => {
     const text = $("spec").textContent;
     try {
@@ -722,6 +731,7 @@
       return;
     }
     onJob(job);
+    await gf.auth.ready; // whether sample images may be shown
     await Promise.all([loadMetrics(), loadSamples(), loadCheckpoints()]);
     // The stream starts after what was just fetched (nothing is sent twice).
     if (isActive(state.job)) startFollow(held());
