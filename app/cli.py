@@ -151,7 +151,7 @@ def api(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, help="port to listen on"),
     migrate: bool = typer.Option(True, help="run `db upgrade` first"),
-    insecure: bool = typer.Option(False, help=INSECURE_HELP),
+    insecure: bool = typer.Option(False, envvar="GANFORGE_INSECURE", help=INSECURE_HELP),
 ) -> None:
     """Serve the REST API (OpenAPI docs at /docs) on GANFORGE_DATABASE_URL."""
     import uvicorn
@@ -204,7 +204,7 @@ def up(
     port: int = typer.Option(8000, help="port the API listens on"),
     workers: int = typer.Option(1, min=1, help="worker processes (one job each at a time)"),
     threads: int = typer.Option(0, help="torch threads per worker (0: cores / workers)"),
-    insecure: bool = typer.Option(False, help=INSECURE_HELP),
+    insecure: bool = typer.Option(False, envvar="GANFORGE_INSECURE", help=INSECURE_HELP),
 ) -> None:
     """Run everything here: migrations, the API and worker processes, until Ctrl-C.
 

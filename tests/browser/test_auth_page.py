@@ -167,3 +167,28 @@ def test_a_saved_token_that_was_revoked_is_dropped_with_a_message(locked_page, l
     expect(page.locator("#toast")).to_contain_text("'spare' was revoked")
     expect(page.locator("#auth-state")).to_have_text("Read-only: no token")
     assert page.evaluate("localStorage.getItem('ganforge.token')") is None
+
+
+def test_the_cli_submits_with_its_token_and_is_refused_without(locked, tmp_path):
+    """`ganforge submit` against the same locked server (no browser needed)."""
+    service, token, revoked = locked
+    spec = tmp_path / "job.yaml"
+    spec.write_text("steps: 40\nbatch_size: 64\nmodel: {width: 32, depth: 2, latent_dim: 8}\n")
+
+    def submit(*extra: str, env: dict[str, str] | None = None) -> Any:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", "submit", str(spec), "--server", service.url, *extra],
+            cwd=ROOT,
+            env={**service.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    refused = submit()
+    assert refused.returncode == 1
+    assert "401" in refused.stderr and "needs a token" in refused.stderr
+    gone = submit("--token", revoked)
+    assert gone.returncode == 1 and "'mallory' was revoked" in gone.stderr
+    done = submit("--watch", env={"GANFORGE_TOKEN": token})
+    assert done.returncode == 0, done.stderr
