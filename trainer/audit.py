@@ -10,11 +10,15 @@ foreign, and the audit keeps a running sum of it per parameter until that networ
 
 which is exactly 0.0 when no foreign gradient arrived (nothing is computed then), and above
 0 whenever one did. The hooks cost one Python call per parameter per backward pass.
+
+In a distributed job each rank sees its own micro-batches' foreign gradient while `.grad`
+holds the ranks' average by the step; `average` (an in-place all-reduce mean) makes the
+foreign part the ranks' average too, so every rank reports what one rank would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 
@@ -22,8 +26,13 @@ import torch
 
 
 class LeakAudit:
-    def __init__(self, networks: dict[str, list[torch.nn.Parameter]]):
+    def __init__(
+        self,
+        networks: dict[str, list[torch.nn.Parameter]],
+        average: Callable[[list[torch.Tensor]], None] | None = None,
+    ):
         self._params = networks
+        self._average = average
         self._foreign: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {
             name: {} for name in networks
         }
@@ -63,14 +72,21 @@ class LeakAudit:
         buf = self._foreign[network]
         if not buf:
             return 0.0
-        foreign_sq = sum(float(f.double().pow(2).sum()) for _, f in buf.values())
+        params = self._params[network]
+        foreign = {key: f.to(torch.float64, copy=True) for key, (_, f) in buf.items()}
+        if self._average is not None:
+            # Every rank's buffer is filled by the same schedule: all take part, or none.
+            full = [foreign.get(id(p), torch.zeros_like(p, dtype=torch.float64)) for p in params]
+            self._average(full)
+            foreign = {id(p): f for p, f in zip(params, full, strict=True)}
+        foreign_sq = sum(float(f.pow(2).sum()) for f in foreign.values())
         own_sq = 0.0
-        for p in self._params[network]:
+        for p in params:
             if p.grad is None:
                 continue
             own = p.grad.double()
-            if id(p) in buf:
-                own = own - buf[id(p)][1].double()
+            if id(p) in foreign:
+                own = own - foreign[id(p)]
             own_sq += float(own.pow(2).sum())
         if foreign_sq == 0.0:
             return 0.0

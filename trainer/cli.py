@@ -6,14 +6,19 @@ Exit status: 0 success; 2 an invalid spec, data or checkpoint (one line naming t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from trainer.spec import TrainSpec
+    from trainer.training import Trainer
 
 app = typer.Typer(
     add_completion=False,
@@ -62,24 +67,42 @@ def train(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Run the trainer on this machine, no service: outputs go to --out."""
-    from tqdm import tqdm
-
     from trainer.checkpoint import CheckpointError, read_checkpoint
     from trainer.data import DataError
-    from trainer.sinks import directory_sinks
+    from trainer.distributed import ranks
     from trainer.spec import SpecError, load_spec
-    from trainer.training import Trainer, TrainingDiverged
+    from trainer.training import Trainer
 
     try:
         spec = load_spec(spec_path)
-        trainer = Trainer(spec)
-        if resume is not None:
-            trainer.load(read_checkpoint(resume))
-    except (SpecError, DataError, CheckpointError, ValueError) as exc:
+        checkpoint = read_checkpoint(resume) if resume is not None else None
+    except (SpecError, CheckpointError) as exc:
         fail(str(exc))
+    with contextlib.ExitStack() as group:
+        try:
+            # distributed.world_size > 1: the other ranks start here; this process is rank 0.
+            rank = group.enter_context(ranks(spec, resume=checkpoint))
+            trainer = Trainer(spec, rank=rank)
+            if checkpoint is not None:
+                trainer.load(checkpoint)
+        except (DataError, CheckpointError, ValueError) as exc:
+            fail(str(exc))
+        _train(
+            spec, trainer, out, resumed=resume is not None, overwrite=overwrite, progress=progress
+        )
+
+
+def _train(
+    spec: TrainSpec, trainer: Trainer, out: Path, *, resumed: bool, overwrite: bool, progress: bool
+) -> None:
+    from tqdm import tqdm
+
+    from trainer.sinks import directory_sinks
+    from trainer.training import TrainingDiverged
+
     for warning in spec.warnings():
         typer.echo(f"warning: {warning}", err=True)
-    _prepare_out(out, resume_step=trainer.step if resume else None, overwrite=overwrite)
+    _prepare_out(out, resume_step=trainer.step if resumed else None, overwrite=overwrite)
     (out / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")
 
     stop_requested = False

@@ -13,6 +13,18 @@ runs d_steps - 1 D cycles and then one joint cycle in which one forward per micr
 feeds both losses and each network takes the gradient of its own loss only.
 The effective batch of a cycle (real data, noise, penalty mixing weights) is drawn once from
 the engine's generator and split into micro-batches, so accumulation is exact.
+
+With `distributed.world_size: W` (DDP, trainer.distributed) every rank draws the same
+effective batch, splits it into W*k micro-batches and takes its own k. A network's gradient
+is averaged over the ranks once per optimizer step: its first k-1 micro-batches run under
+DDP's `no_sync`, and in the last one the network's first forward goes through its DDP
+wrapper, which arms the reducer for exactly that backward; every other forward (the other
+network, the fake and penalty passes of D) uses the plain module, so the reducer sees each
+parameter once per step, whatever the order and isolation (freezing D for G's backward
+touches no armed reducer). Gradient that reaches a network outside its own synced backward
+(a leak, on purpose) sits in `.grad` until that network's sync, which averages the whole
+`.grad`. The one schedule in which a network's parameters receive two backward passes in one
+micro-batch (`simultaneous` with isolation `none`) syncs after them with a zero-loss probe.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,8 +40,12 @@ from torch import nn
 from trainer import losses
 from trainer.audit import LeakAudit, total_norm
 from trainer.data import Dataset
+from trainer.distributed import Rank, average_
 from trainer.models import has_spectral_norm, refresh_spectral_norm
 from trainer.spec import TrainSpec
+
+if TYPE_CHECKING:
+    from torch.nn.parallel import DistributedDataParallel
 
 NETWORKS = ("d", "g")
 
@@ -78,8 +95,16 @@ class StepEngine:
         device: torch.device,
         dtype: torch.dtype,
         rng: torch.Generator,
+        rank: Rank | None = None,
+        ddp: dict[str, DistributedDataParallel] | None = None,
+        sync_once: bool = True,
     ):
+        """`rank` and `ddp` (the two networks' DDP wrappers) for a distributed job;
+        `sync_once=False` averages every micro-batch's gradient instead (benchmarks only)."""
         self.spec = spec
+        self.rank = rank or Rank()
+        self.ddp = ddp if self.rank.distributed else None
+        self.sync_once = sync_once
         self.dataset = dataset
         self.generator = generator
         self.discriminator = discriminator
@@ -87,6 +112,7 @@ class StepEngine:
         self.dtype = dtype
         self.rng = rng
         self.opt = {"d": opt_d, "g": opt_g}
+        self.modules: dict[str, nn.Module] = {"d": discriminator, "g": generator}
         self.params = {
             "d": [p for p in discriminator.parameters() if p.requires_grad],
             "g": [p for p in generator.parameters() if p.requires_grad],
@@ -95,7 +121,7 @@ class StepEngine:
         if spec.precision == "fp16":
             # One scaler per optimizer: each network's loss scale tracks its own overflows.
             self.scaler = {n: torch.amp.GradScaler(device.type) for n in NETWORKS}
-        self.audit = LeakAudit(self.params)
+        self.audit = LeakAudit(self.params, average=average_ if self.ddp is not None else None)
         s = spec.schedule
         self.k = spec.accumulation.steps
         self.isolation = s.isolation
@@ -135,21 +161,18 @@ class StepEngine:
         scaler = self.scaler[net]
         if scaler is not None:
             loss = scaler.scale(loss)
-        if self.k > 1 and self.spec.accumulation.normalize == "loss":
+        normalize = self.spec.accumulation.normalize
+        if self.k > 1 and normalize == "loss":
             loss = loss / self.k
+        if normalize == "none" and self.rank.distributed:
+            loss = loss * self.rank.world  # the ranks' average becomes the sum "none" means
         with self.audit.backward_of(net):
-            if not self._own_grads_only:
+            if self._own_grads_only:
+                # Accumulates into this network's `.grad` only (through AccumulateGrad, so
+                # DDP's reducer hooks see it, as they would not see torch.autograd.grad).
+                loss.backward(inputs=self.params[net], retain_graph=retain)
+            else:
                 loss.backward(retain_graph=retain)
-                return
-            params = self.params[net]
-            grads = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
-            for p, g in zip(params, grads, strict=True):
-                if g is None:
-                    continue
-                if p.grad is None:
-                    p.grad = g
-                else:
-                    p.grad.add_(g)
 
     def _step(self, net: str, stats: StepStats | None) -> None:
         """The end of a cycle: audit, normalize, step, maybe zero."""
@@ -186,12 +209,71 @@ class StepEngine:
             for p in params:
                 p.requires_grad_(True)
 
+    # ---- ranks --------------------------------------------------------------------------
+
+    def _micro_batches(self, batch: CycleBatch) -> Iterator[tuple[CycleBatch, bool]]:
+        """This rank's k micro-batches of the cycle, each with whether its backward is to
+        average the gradient over the ranks: the last one (every one without sync_once)."""
+        world, rank, k = self.rank.world, self.rank.rank, self.k
+        mine = list(batch.split(k * world))[rank * k : (rank + 1) * k]
+        for i, mb in enumerate(mine):
+            yield mb, i == k - 1 or not self.sync_once
+
+    def _synced(self, net: str) -> nn.Module:
+        """The module for `net`'s first forward of a micro-batch: its DDP wrapper, which
+        arms the reducer for the coming backward unless under `_no_sync`; else itself."""
+        return self.modules[net] if self.ddp is None else self.ddp[net]
+
+    def _no_sync(
+        self, nets: tuple[str, ...], sync: bool
+    ) -> contextlib.AbstractContextManager[None]:
+        """DDP's no_sync for `nets`, unless this micro-batch's backward is to sync them."""
+        stack = contextlib.ExitStack()
+        if self.ddp is not None and not sync:
+            for net in nets:
+                stack.enter_context(self.ddp[net].no_sync())
+        return stack
+
+    def _sync_probe(self, net: str) -> None:
+        """Average `net`'s accumulated `.grad` over the ranks now: one DDP forward of a tiny
+        zero batch in eval mode (no batch-norm or other state changes) whose loss, times 0,
+        adds nothing to `.grad` but sets off the reducer."""
+        assert self.ddp is not None
+        module = self.modules[net]
+        shape = (self.spec.model.latent_dim,) if net == "g" else tuple(self.dataset.shape)
+        probe = torch.zeros((2, *shape), dtype=self.dtype, device=self.device)
+        was_training = module.training
+        module.eval()
+        try:
+            with self.audit.backward_of(net):
+                (self.ddp[net](probe).sum() * 0.0).backward(inputs=self.params[net])
+        finally:
+            module.train(was_training)
+
+    def _reduce_stats(self, stats: StepStats) -> None:
+        """The step's losses and logits averaged over the ranks (one all-reduce): every rank
+        then reports the whole effective batch, as one rank would."""
+        names = [n for n, v in stats.values.items() if isinstance(v, torch.Tensor)]
+        if not names:
+            return
+        stacked = torch.stack([torch.as_tensor(stats.values[n]).double() for n in names])
+        average_([stacked])
+        for name, value in zip(names, stacked, strict=True):
+            stats.values[name] = value
+
+    # ---- losses ---------------------------------------------------------------------------
+
     def _d_loss(
-        self, mb: CycleBatch, fake: torch.Tensor, stats: StepStats | None
+        self,
+        mb: CycleBatch,
+        fake: torch.Tensor,
+        stats: StepStats | None,
+        d_first: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """D's loss (with penalty) and the fake logits of one micro-batch."""
+        """D's loss (with penalty) and the fake logits of one micro-batch; `d_first` runs
+        D's first forward (the real batch): the DDP wrapper when this pass is to sync D."""
         assert mb.real is not None
-        real_logits = self.discriminator(mb.real)
+        real_logits = (d_first or self.discriminator)(mb.real)
         fake_logits = self.discriminator(fake)
         adv = losses.d_loss(self.spec.loss.kind, real_logits, fake_logits)
         pen = None
@@ -234,15 +316,16 @@ class StepEngine:
         batch = self._draw(real=True)
         self._forget_d_stats(stats)
         detach = self.isolation != "none"
-        for mb in batch.split(self.k):
-            with self._autocast():
-                if detach:
-                    with torch.no_grad():
-                        fake = self.generator(mb.noise)
-                else:
-                    fake = self.generator(mb.noise)
-                loss, _ = self._d_loss(mb, fake, stats)
-            self._backward(loss, "d")
+        for mb, sync in self._micro_batches(batch):
+            with self._no_sync(("d",), sync):
+                with self._autocast():
+                    if detach:
+                        with torch.no_grad():
+                            fake = self.generator(mb.noise)
+                    else:
+                        fake = self.generator(mb.noise)  # G's gradient here is a leak
+                    loss, _ = self._d_loss(mb, fake, stats, self._synced("d"))
+                self._backward(loss, "d")
         self._step("d", stats)
 
     def _g_cycle(self, stats: StepStats | None) -> None:
@@ -250,10 +333,11 @@ class StepEngine:
             self._zero("g")
         batch = self._draw(real=False)
         freeze = self.isolation == "freeze"
-        for mb in batch.split(self.k):
-            with self._d_frozen(freeze):
+        for mb, sync in self._micro_batches(batch):
+            with self._no_sync(("g",), sync), self._d_frozen(freeze):
                 with self._autocast():
-                    fake_logits = self.discriminator(self.generator(mb.noise))
+                    fake = self._synced("g")(mb.noise)
+                    fake_logits = self.discriminator(fake)  # D's reducer stays out of it
                     loss = losses.g_loss(self.spec.loss.kind, fake_logits)
                 self._backward(loss, "g")
             if stats is not None:
@@ -268,13 +352,21 @@ class StepEngine:
             refresh_spectral_norm(self.discriminator)
         batch = self._draw(real=True)
         self._forget_d_stats(stats)
-        for mb in batch.split(self.k):
-            with self._autocast():
-                fake = self.generator(mb.noise)  # one G forward feeds both losses
-                loss_d, fake_logits = self._d_loss(mb, fake, stats)
-                loss_g = losses.g_loss(self.spec.loss.kind, fake_logits)
-            self._backward(loss_d, "d", retain=True)
-            self._backward(loss_g, "g")
+        # Own gradients only: each backward reaches one network, so the last micro-batch's
+        # backwards sync each network once. Isolation none: both backwards reach both
+        # networks, so every micro-batch accumulates locally and a probe syncs afterwards.
+        probe = self.ddp is not None and not self._own_grads_only
+        for mb, sync in self._micro_batches(batch):
+            with self._no_sync(("d", "g"), sync and not probe):
+                with self._autocast():
+                    fake = self._synced("g")(mb.noise)  # one G forward feeds both losses
+                    loss_d, fake_logits = self._d_loss(mb, fake, stats, self._synced("d"))
+                    loss_g = losses.g_loss(self.spec.loss.kind, fake_logits)
+                self._backward(loss_d, "d", retain=True)
+                self._backward(loss_g, "g")
+            if probe and sync:
+                self._sync_probe("d")
+                self._sync_probe("g")
             if stats is not None:
                 self._add(stats, "loss/g", loss_g)
         self._step("d", stats)
@@ -298,5 +390,7 @@ class StepEngine:
                 self._d_cycle(stats)
             self._joint_cycle(stats)
         if stats is not None:
+            if self.ddp is not None:
+                self._reduce_stats(stats)
             stats.leak = dict(self.step_leak)
         return stats

@@ -132,6 +132,17 @@ class Every(_Section):
     eval: Interval = 500
 
 
+class Distributed(_Section):
+    """Data-parallel training with torch.distributed (DDP): `world_size` processes each take
+    an equal share of every cycle's micro-batches; gradients are averaged once per optimizer
+    step. `batch_size` stays the effective batch of the whole job."""
+
+    world_size: int = Field(1, ge=1, le=64, description="processes (ranks) training together")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="auto: nccl on CUDA, gloo on CPU"
+    )
+
+
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -158,6 +169,7 @@ class TrainSpec(_Section):
     ema: float = Field(0.99, ge=0, lt=1, description="generator EMA decay; 0 = off")
     every: Every = Every()
     device: str = "auto"
+    distributed: Distributed = Distributed()
 
     @field_validator("device")
     @classmethod
@@ -169,15 +181,24 @@ class TrainSpec(_Section):
     @model_validator(mode="after")
     def _cross_field(self) -> TrainSpec:
         k = self.accumulation.steps
+        world = self.distributed.world_size
         if self.batch_size % k:
             raise ValueError(f"accumulation.steps: must divide batch_size={self.batch_size}")
-        micro = self.batch_size // k
+        if self.batch_size % (k * world):
+            raise ValueError(
+                f"distributed.world_size: world_size x accumulation.steps = {k * world} must "
+                f"divide batch_size={self.batch_size} (each rank takes an equal share)"
+            )
+        micro = self.batch_size // (k * world)
         if micro < 2 and "batch" in (self.model.d_norm, self.model.g_norm):
             field = "d_norm" if self.model.d_norm == "batch" else "g_norm"
+            per = "accumulation.steps" + (" x distributed.world_size" if world > 1 else "")
             raise ValueError(
                 f"model.{field}: batch norm needs micro-batches of at least 2, "
-                f"got batch_size/accumulation.steps={micro}"
+                f"got batch_size/{per}={micro}"
             )
+        if self.distributed.backend == "nccl" and self.device == "cpu":
+            raise ValueError("distributed.backend: nccl needs CUDA devices, and device is cpu")
         if self.model.kind == "conv" and self.data.kind in ("ring", "grid"):
             raise ValueError(
                 f"model.kind: conv needs image data, data.kind={self.data.kind} is 2-D"
@@ -186,7 +207,8 @@ class TrainSpec(_Section):
 
     @property
     def micro_batch_size(self) -> int:
-        return self.batch_size // self.accumulation.steps
+        """Examples in one micro-batch of one rank."""
+        return self.batch_size // (self.accumulation.steps * self.distributed.world_size)
 
     def warnings(self) -> list[str]:
         """Settings that are legal but known to be harmful, one sentence each."""

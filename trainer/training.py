@@ -16,6 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from trainer import checkpoint as ckpt_io
 from trainer.checkpoint import Checkpoint, CheckpointError, CheckpointRecord
 from trainer.data import Dataset, check_model_fits, load_dataset
+from trainer.distributed import AllReduceCounter, Rank, any_rank, rank_device, wrap
 from trainer.engine import StepEngine
 from trainer.models import build_models
 from trainer.sinks import Sinks
@@ -87,9 +88,20 @@ class Trainer:
         *,
         resolve_dataset: Callable[[str], Path] | None = None,
         evaluate: bool = True,
+        rank: Rank | None = None,
+        sync_once: bool = True,
     ):
+        """`rank`: this process's place in a distributed job (`trainer.distributed.ranks`
+        starts the processes and the group); only rank 0 writes to the sinks."""
         self.spec = spec
-        self.device = resolve_device(spec.device)
+        self.rank = rank or Rank()
+        if spec.distributed.world_size != self.rank.world:
+            raise ValueError(
+                f"distributed.world_size: {spec.distributed.world_size}, but this process is "
+                f"rank {self.rank.rank} of {self.rank.world} (start the ranks with "
+                "trainer.distributed.ranks)"
+            )
+        self.device = rank_device(resolve_device(spec.device), self.rank)
         self.dtype = torch.float64 if spec.precision == "fp64" else torch.float32
         dataset = load_dataset(spec.data, resolve_dataset=resolve_dataset)
         check_model_fits(spec.model, dataset)
@@ -106,6 +118,15 @@ class Trainer:
                 self.generator, multi_avg_fn=get_ema_multi_avg_fn(spec.ema), use_buffers=True
             )
         self.rng = torch.Generator().manual_seed(spec.seed + DATA_SEED_OFFSET)
+        # Every rank: the networks wrapped in DDP, gradient all-reduces counted per network.
+        self.ddp = None
+        self.all_reduces: dict[str, AllReduceCounter] = {}
+        if self.rank.distributed:
+            self.ddp = {
+                "g": wrap(self.generator, self.device),
+                "d": wrap(self.discriminator, self.device),
+            }
+            self.all_reduces = {n: AllReduceCounter().attach(m) for n, m in self.ddp.items()}
         self.engine = StepEngine(
             spec,
             dataset=self.dataset,
@@ -116,10 +137,14 @@ class Trainer:
             device=self.device,
             dtype=self.dtype,
             rng=self.rng,
+            rank=self.rank,
+            ddp=self.ddp,
+            sync_once=sync_once,
         )
         self.step = 0
         self.leak_warned = False
-        self._evaluator = _make_evaluator(spec, self.dataset) if evaluate else None
+        writer = self.rank.rank == 0
+        self._evaluator = _make_evaluator(spec, self.dataset) if evaluate and writer else None
 
     # ---- sampling -------------------------------------------------------------------
 
@@ -175,11 +200,14 @@ class Trainer:
         return ckpt_io.make_checkpoint(self.step, tensors, meta)
 
     def load(self, ckpt: Checkpoint) -> None:
-        """Continue from a checkpoint of a run of the same spec (steps may differ)."""
+        """Continue from a checkpoint of a run of the same spec (steps may differ, and the
+        world size: every rank holds the same state, and draws the same batches)."""
         saved = TrainSpec.model_validate(ckpt.meta["spec"])
-        if saved.model_copy(update={"steps": self.spec.steps}) != self.spec:
+        same = {"steps": self.spec.steps, "distributed": self.spec.distributed}
+        if saved.model_copy(update=same) != self.spec:
             raise CheckpointError(
-                "checkpoint: it was made by a different spec (only steps may differ)"
+                "checkpoint: it was made by a different spec (only steps and distributed "
+                "may differ)"
             )
         meta = ckpt.meta
         self.generator.load_state_dict(ckpt.tensors("generator."))
@@ -216,12 +244,18 @@ class Trainer:
 
         `should_stop` is checked before every step; on a stop a checkpoint is written (when
         checkpoints are on) so the run can resume. Raises TrainingDiverged on NaN/inf.
+        In a distributed job every rank runs this; rank 0's `should_stop` stops them all at
+        the same step, and only rank 0 writes metrics, samples, checkpoints and warnings.
         """
         spec, every = self.spec, self.spec.every
+        writer = self.rank.rank == 0
         result = TrainResult("succeeded", self.step)
         tick, ticked_at, busy = time.perf_counter(), self.step, 0.0
         while self.step < spec.steps:
-            if should_stop is not None and should_stop():
+            stop = writer and should_stop is not None and should_stop()
+            if self.rank.distributed:
+                stop = any_rank(stop, self.device)
+            if stop:
                 result.status = "stopped"
                 break
             step = self.step + 1
@@ -234,7 +268,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.generator)
             self.step = step
-            self._warn_on_leak(sinks, step)
+            if writer:
+                self._warn_on_leak(sinks, step)
             values: dict[str, float] | None = None
             if stats is not None:
                 now = time.perf_counter()
@@ -247,17 +282,19 @@ class Trainer:
             if self._evaluator is not None and self._due(every.eval, step):
                 values = {**(values or {}), **self._evaluator(self)}
             if values:
-                sinks.metrics.write(step, values)
+                if writer:
+                    sinks.metrics.write(step, values)
                 result.last_metrics = values
-                _raise_if_diverged(step, values)
-            if self._due(every.samples, step):
+                _raise_if_diverged(step, values)  # the same numbers on every rank
+            if writer and self._due(every.samples, step):
                 sinks.samples.write(step, self.sample_png())
-            if self._due(every.checkpoint, step):
+            if writer and self._due(every.checkpoint, step):
                 result.checkpoints.append(sinks.checkpoints.write(self.checkpoint()))
             busy += time.perf_counter() - started
             if progress is not None:
                 progress(step, values)
-        if result.status == "stopped" and every.checkpoint > 0 and self.step > result.step:
+        stopped = result.status == "stopped"
+        if writer and stopped and every.checkpoint > 0 and self.step > result.step:
             if not result.checkpoints or result.checkpoints[-1].step != self.step:
                 result.checkpoints.append(sinks.checkpoints.write(self.checkpoint()))
         result.step = self.step

@@ -48,7 +48,9 @@ class SpecReport(BaseModel):
     spec: dict[str, Any] = Field(description="the spec with every default filled in")
     warnings: list[str] = Field(description="legal but harmful settings, one sentence each")
     leaks: Leaks
-    micro_batch_size: int = Field(description="batch_size / accumulation.steps")
+    micro_batch_size: int = Field(
+        description="one rank's micro-batch: batch_size / (accumulation.steps x world_size)"
+    )
 
 
 class PresetList(BaseModel):

@@ -1,0 +1,265 @@
+"""Data-parallel jobs with torch.distributed: launching the ranks and what they share.
+
+A job with `distributed.world_size: W` runs as W processes. The one that calls `ranks()` (the
+worker, or `ganforge train`) is rank 0: it keeps the job's sinks, heartbeat and stop
+callback. Ranks 1..W-1 are started with `torch.multiprocessing` (spawn), build the same
+Trainer from the same spec (and checkpoint, when resuming) and write nothing. They meet
+through a `file://` rendezvous in a private temporary folder, so no port is picked.
+
+Every rank draws the same effective batch from the same RNG and takes its own share of the
+micro-batches (`StepEngine`), so W ranks x k micro-batches compute exactly what 1 rank x W*k
+micro-batches does, and a checkpoint resumes with any world size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer.spec import TrainSpec
+
+# A rank that waits longer than this on a collective gives up (a peer died).
+TIMEOUT = timedelta(seconds=120)
+# All of a network's gradient in one bucket where it fits: one all-reduce per optimizer step.
+BUCKET_MB = 256
+
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place in a job: rank r of `world` (0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def backend_for(spec: TrainSpec, device: torch.device) -> str:
+    if spec.distributed.backend != "auto":
+        return spec.distributed.backend
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def rank_device(device: torch.device, rank: Rank) -> torch.device:
+    """Each rank its own GPU (rank r on the r-th visible device); CPU ranks share the CPU."""
+    if device.type != "cuda" or not rank.distributed:
+        return device
+    base = device.index or 0
+    index = base + rank.rank
+    if index >= torch.cuda.device_count():
+        raise ValueError(
+            f"distributed.world_size: {rank.world} ranks from cuda:{base} need "
+            f"{base + rank.world} visible CUDA devices; this process sees "
+            f"{torch.cuda.device_count()}"
+        )
+    return torch.device("cuda", index)
+
+
+def wrap(module: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """DDP over one network. Buffers (batch-norm statistics, spectral-norm vectors) are not
+    broadcast on every forward: each rank updates them the same way, or keeps its own."""
+    return DistributedDataParallel(
+        module,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        bucket_cap_mb=BUCKET_MB,
+        forward_sync_buffers=False,
+    )
+
+
+class AllReduceCounter:
+    """A DDP communication hook that counts gradient all-reduces, then does the default one."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def attach(self, ddp: DistributedDataParallel) -> AllReduceCounter:
+        ddp.register_comm_hook(None, self._hook)
+        return self
+
+    # Unannotated on purpose: DDP compares the annotations with the real classes, and this
+    # module's are strings (postponed evaluation).
+    def _hook(self, state, bucket):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return default_hooks.allreduce_hook(state, bucket)
+
+
+def average_(tensors: list[torch.Tensor]) -> None:
+    """Average tensors over the ranks, in place, with one all-reduce."""
+    if not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
+        offset += n
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is True on any (stop together, at the same step)."""
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+# -- launching ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ranks(
+    spec: TrainSpec,
+    *,
+    resume: Any = None,
+    datasets: dict[str, Path] | None = None,
+    threads: int | None = None,
+    sync_once: bool = True,
+) -> Iterator[Rank]:
+    """Run ranks 1..W-1 in child processes while this process joins the group as rank 0.
+
+    Inside the block, build the Trainer with `rank=` the yielded Rank and train; the children
+    do the same with `resume` (a Checkpoint, loaded before training) and write nothing. On
+    leaving, the group is destroyed and the children are joined (killed if rank 0 failed)."""
+    world = spec.distributed.world_size
+    if world == 1:
+        yield Rank()
+        return
+    from trainer.training import resolve_device
+
+    device = resolve_device(spec.device)
+    backend = backend_for(spec, device)
+    per_rank = threads or max(1, torch.get_num_threads() // world)
+    folder = Path(tempfile.mkdtemp(prefix="ganforge-ranks-"))
+    init = f"file://{folder / 'rendezvous'}"
+    children = torch.multiprocessing.start_processes(
+        _rank_main,
+        args=(spec.model_dump_json(), init, backend, resume, datasets or {}, per_rank, sync_once),
+        nprocs=world - 1,
+        join=False,
+        start_method="spawn",
+    )
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(per_rank)
+    failed = True
+    try:
+        dist.init_process_group(
+            backend, init_method=init, rank=0, world_size=world, timeout=TIMEOUT
+        )
+        yield Rank(0, world)
+        failed = False
+    except BaseException as exc:
+        # A collective broke because a child died: report the child's error instead.
+        child = _child_error(children)
+        if child is not None:
+            raise child from exc
+        raise
+    finally:
+        torch.set_num_threads(threads_before)
+        if dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+        _finish(children, kill=failed)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _rank_main(
+    index: int,
+    spec_json: str,
+    init: str,
+    backend: str,
+    resume: Any,
+    datasets: dict[str, Path],
+    threads: int,
+    sync_once: bool,
+) -> None:
+    """Ranks 1..W-1: the same trainer as rank 0, no outputs."""
+    from trainer.sinks import memory_sinks
+    from trainer.training import Trainer
+
+    # Rank 0 decides when to stop (Ctrl-C, SIGTERM, cancel) and stops every rank at the
+    # same step; a rank whose parent died goes with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    torch.set_num_threads(threads)
+    spec = TrainSpec.model_validate_json(spec_json)
+    rank = Rank(index + 1, spec.distributed.world_size)
+    dist.init_process_group(
+        backend, init_method=init, rank=rank.rank, world_size=rank.world, timeout=TIMEOUT
+    )
+    try:
+        trainer = Trainer(
+            spec,
+            resolve_dataset=datasets.__getitem__,
+            evaluate=False,
+            rank=rank,
+            sync_once=sync_once,
+        )
+        if resume is not None:
+            trainer.load(resume)
+        trainer.run(memory_sinks())
+    finally:
+        dist.destroy_process_group()
+
+
+def _finish(children: Any, *, kill: bool, wait: float = 30.0) -> None:
+    processes = list(children.processes)
+    if kill:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+    for process in processes:
+        process.join(wait)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _child_error(children: Any) -> BaseException | None:
+    """The first child's error, when a child failed (its traceback, as torch reports it)."""
+    try:
+        children.join(timeout=2)
+    except Exception as exc:  # noqa: BLE001 - ProcessRaisedException, ProcessExitedException
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        errors = [line for line in lines if _ERROR_LINE.match(line)]
+        return RuntimeError(f"a rank of the job failed: {(errors or lines or ['?'])[-1]}")
+    return None
+
+
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b")
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent exits (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+
+
+def worker_threads(world: int) -> int:
+    """Torch threads per rank on a CPU with `os.cpu_count()` cores."""
+    return max(1, (os.cpu_count() or 1) // world)
+
+
+Agreement = Callable[[bool], bool]
