@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+log = logging.getLogger("ganforge.db")
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 # About the requests the API serves at once, so connections are reused rather than opened and
@@ -35,6 +44,42 @@ def make_engine(url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that a later attempt can get past: the connection was lost (the
+    server restarted) or could not be made (the server is down, shutting down or starting
+    up). Raw psycopg errors count too: app.metricstore writes through the driver's COPY."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    return isinstance(cause, psycopg.OperationalError)
+
+
+def retry_transient(attempt: Callable[[], T], *, within: float, what: str) -> T:
+    """`attempt()`, tried again after each transient database error (`is_transient`) with
+    pauses growing from 0.1 s to 2 s, for up to `within` seconds; then that error, or at once
+    any other error, is raised.
+
+    `attempt` must be one whole transaction (`with engine.begin() ...`): a failed attempt
+    rolled back, so running it again writes everything once. (A commit whose answer was
+    lost may have gone through; the writes retried here are idempotent, so that is fine.)
+    """
+    deadline = time.monotonic() + within
+    pause = 0.1
+    while True:
+        try:
+            return attempt()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s: database unreachable, retrying: %s", what, first_line(exc))
+            time.sleep(pause)
+            pause = min(2 * pause, 2.0)
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def alembic_config(url: str) -> Config:

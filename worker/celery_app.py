@@ -16,7 +16,7 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutting_down
 from sqlalchemy import Engine
 
-from app.db import make_engine
+from app.db import first_line, is_transient, make_engine
 from app.queue import RUN_JOB, make_celery
 from app.reconcile import reconcile
 from app.settings import get_settings
@@ -44,8 +44,11 @@ def _reconcile_forever() -> None:
     while not shutting_down.wait(period * random.uniform(0.8, 1.2)):
         try:
             reconcile(engine, settings)
-        except Exception:  # noqa: BLE001 - the next pass tries again
-            log.exception("reconcile pass failed")
+        except Exception as exc:  # noqa: BLE001 - the next pass tries again
+            if is_transient(exc):
+                log.warning("reconcile pass skipped: database unreachable: %s", first_line(exc))
+            else:
+                log.exception("reconcile pass failed")
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from app import jobs
 from app.datasets import resolve_dataset_path
+from app.db import first_line, is_transient, retry_transient
 from app.models import Checkpoint as CheckpointRow
 from app.models import Job
 from app.store import ArtifactStore
@@ -50,7 +51,11 @@ class RunState:
 
 
 class Heartbeat(threading.Thread):
-    """Every HEARTBEAT_SECONDS: extend the lease, publish the step, notice a cancel."""
+    """Every HEARTBEAT_SECONDS: extend the lease, publish the step, notice a cancel.
+
+    A beat that fails (the database restarting, say) is only missed: the next one tries
+    again, and the lease stays this worker's meanwhile (no one else can take it while the
+    database is down; it lasts `lease` past the last beat that went through)."""
 
     def __init__(self, engine: Engine, job_id: str, owner: str, state: RunState, lease: timedelta):
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
@@ -67,11 +72,24 @@ class Heartbeat(threading.Thread):
             self.state.cancel.set()
 
     def run(self) -> None:
+        failing = False
         while not self.done.wait(HEARTBEAT_SECONDS):
             try:
                 self.beat()
-            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease is 60 s
-                log.exception("heartbeat of job %s failed", self.job_id)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the lease is 60 s
+                if not is_transient(exc):
+                    log.exception("heartbeat of job %s failed", self.job_id)
+                elif not failing:
+                    log.warning(
+                        "heartbeat of job %s: database unreachable, retrying: %s",
+                        self.job_id,
+                        first_line(exc),
+                    )
+                failing = True
+            else:
+                if failing:
+                    log.info("heartbeat of job %s: database reachable again", self.job_id)
+                failing = False
 
 
 def run_job(
@@ -99,7 +117,7 @@ def run_job(
     try:
         trainer = _build_trainer(engine, store, job_id)
         state.step = trainer.step
-        sinks = service_sinks(engine, store, job_id, owner)
+        sinks = service_sinks(engine, store, job_id, owner, lease.total_seconds())
 
         def should_stop() -> bool:
             return state.cancel.is_set() or state.lost.is_set() or shutting_down.is_set()
@@ -137,12 +155,18 @@ def run_job(
         heart.done.set()
         if heart.is_alive():
             heart.join()
-    with engine.begin() as conn:
-        if status == "requeued":
-            if not jobs.release(conn, job_id, owner, state.step):
-                status = "cancelled"
-        elif status != "lost":
-            jobs.finish(conn, job_id, owner, status, state.step, error)
+
+    def record_outcome() -> str:
+        with engine.begin() as conn:
+            if status == "requeued":
+                return "requeued" if jobs.release(conn, job_id, owner, state.step) else "cancelled"
+            if status != "lost":
+                jobs.finish(conn, job_id, owner, status, state.step, error)
+            return status
+
+    status = retry_transient(
+        record_outcome, within=lease.total_seconds(), what=f"job {job_id}: finish"
+    )
     log.info("job %s %s at step %s%s", job_id, status, state.step, f": {error}" if error else "")
     return status
 

@@ -1,23 +1,46 @@
 """The trainer's sinks for the service: metric points into the database (buffered), samples
 and checkpoints into the artifact store with a row each, warnings onto the job.
 
-Every write is its own short transaction: no transaction stays open across training.
+Every write is its own short transaction: no transaction stays open across training. A
+write that meets a database outage (a restarted server) is tried again, the whole
+transaction, for up to `retry_for` seconds (the lease: past it the job may have moved on),
+while training waits.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 
-from app.jobs import fence
+from app.db import retry_transient
+from app.jobs import LEASE, fence
 from app.metricstore import insert_points
 from app.models import Checkpoint as CheckpointRow
 from app.models import Job, Sample
 from app.store import ArtifactStore
 from trainer.checkpoint import Checkpoint, CheckpointRecord, write_checkpoint
 from trainer.sinks import Sinks
+
+T = TypeVar("T")
+RETRY_FOR = LEASE.total_seconds()
+
+
+def leased_write(
+    engine: Engine, job_id: str, owner: str, retry_for: float, body: Callable[[Connection], T]
+) -> T:
+    """`body(conn)` in a transaction that first checks `owner` still holds the job (else
+    LeaseLost), retried over database outages for up to `retry_for` seconds."""
+
+    def attempt() -> T:
+        with engine.begin() as conn:
+            fence(conn, job_id, owner)
+            return body(conn)
+
+    return retry_transient(attempt, within=retry_for, what=f"job {job_id}: write")
 
 
 class DatabaseMetrics:
@@ -32,9 +55,11 @@ class DatabaseMetrics:
         *,
         max_points: int = 5000,
         max_delay: float = 1.0,
+        retry_for: float = RETRY_FOR,
     ):
         self.engine, self.job_id, self.owner = engine, job_id, owner
         self.max_points, self.max_delay = max_points, max_delay
+        self.retry_for = retry_for
         self.buffer: list[tuple[str, int, float | None]] = []
         self.flushed_at = time.monotonic()
         self.written = 0
@@ -49,26 +74,44 @@ class DatabaseMetrics:
             self.flush()
 
     def flush(self) -> None:
+        """Write the buffer in one transaction. The buffer is kept until it commits, so a
+        failed attempt (rolled back, or committed without an answer: the points then exist
+        and are overwritten with the same values) loses no point and stores none twice."""
         if self.buffer:
-            with self.engine.begin() as conn:
-                fence(conn, self.job_id, self.owner)
-                insert_points(conn, self.job_id, self.buffer)
+            points = self.buffer
+            leased_write(
+                self.engine,
+                self.job_id,
+                self.owner,
+                self.retry_for,
+                lambda conn: insert_points(conn, self.job_id, points),
+            )
             self.written += len(self.buffer)
             self.buffer = []
         self.flushed_at = time.monotonic()
 
 
 class StoreSamples:
-    def __init__(self, engine: Engine, store: ArtifactStore, job_id: str, owner: str):
+    def __init__(
+        self,
+        engine: Engine,
+        store: ArtifactStore,
+        job_id: str,
+        owner: str,
+        retry_for: float = RETRY_FOR,
+    ):
         self.engine, self.store, self.job_id, self.owner = engine, store, job_id, owner
+        self.retry_for = retry_for
 
     def write(self, step: int, png: bytes) -> None:
         path = self.store.sample_path(self.job_id, step)
-        with self.engine.begin() as conn:
-            fence(conn, self.job_id, self.owner)
+
+        def body(conn: Connection) -> None:
             self.store.write(path, png)
             conn.execute(delete(Sample).where(Sample.job_id == self.job_id, Sample.step == step))
             conn.execute(insert(Sample).values(job_id=self.job_id, step=step, path=path))
+
+        leased_write(self.engine, self.job_id, self.owner, self.retry_for, body)
 
 
 class StoreCheckpoints:
@@ -83,16 +126,17 @@ class StoreCheckpoints:
         job_id: str,
         owner: str,
         metrics: DatabaseMetrics | None = None,
+        retry_for: float = RETRY_FOR,
     ):
         self.engine, self.store, self.job_id, self.owner = engine, store, job_id, owner
-        self.metrics = metrics
+        self.metrics, self.retry_for = metrics, retry_for
 
     def write(self, checkpoint: Checkpoint) -> CheckpointRecord:
         if self.metrics is not None:
             self.metrics.flush()
         folder = self.store.path(self.store.checkpoint_dir(self.job_id))
-        with self.engine.begin() as conn:
-            fence(conn, self.job_id, self.owner)
+
+        def body(conn: Connection) -> CheckpointRecord:
             record = write_checkpoint(folder, checkpoint)
             assert record.path is not None
             path = self.store.relative(record.path)
@@ -110,31 +154,38 @@ class StoreCheckpoints:
                     size=record.size,
                 )
             )
-        return record
+            return record
+
+        return leased_write(self.engine, self.job_id, self.owner, self.retry_for, body)
 
 
 class JobWarnings:
     """Appends run-time warnings (e.g. the first leak the audit saw) to the job's list."""
 
-    def __init__(self, engine: Engine, job_id: str, owner: str):
+    def __init__(self, engine: Engine, job_id: str, owner: str, retry_for: float = RETRY_FOR):
         self.engine, self.job_id, self.owner = engine, job_id, owner
+        self.retry_for = retry_for
 
     def write(self, step: int, message: str) -> None:
-        with self.engine.begin() as conn:
-            fence(conn, self.job_id, self.owner)
+        def body(conn: Connection) -> None:
             current = conn.scalar(select(Job.warnings).where(Job.id == self.job_id)) or []
             if message not in current:
                 conn.execute(
                     update(Job).where(Job.id == self.job_id).values(warnings=[*current, message])
                 )
 
+        leased_write(self.engine, self.job_id, self.owner, self.retry_for, body)
 
-def service_sinks(engine: Engine, store: ArtifactStore, job_id: str, owner: str) -> Sinks:
-    """Sinks that write only while `owner` holds the job's lease (else raise LeaseLost)."""
-    metrics = DatabaseMetrics(engine, job_id, owner)
+
+def service_sinks(
+    engine: Engine, store: ArtifactStore, job_id: str, owner: str, retry_for: float = RETRY_FOR
+) -> Sinks:
+    """Sinks that write only while `owner` holds the job's lease (else raise LeaseLost),
+    riding out database outages of up to `retry_for` seconds."""
+    metrics = DatabaseMetrics(engine, job_id, owner, retry_for=retry_for)
     return Sinks(
         metrics,
-        StoreSamples(engine, store, job_id, owner),
-        StoreCheckpoints(engine, store, job_id, owner, metrics),
-        JobWarnings(engine, job_id, owner),
+        StoreSamples(engine, store, job_id, owner, retry_for),
+        StoreCheckpoints(engine, store, job_id, owner, metrics, retry_for),
+        JobWarnings(engine, job_id, owner, retry_for),
     )

@@ -15,7 +15,8 @@ from tests.services import POSTGRES_URL, require_server
 
 
 def _fresh_postgres() -> Iterator[str]:
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    # pre-ping: a test may restart the server while the database is in use.
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     name = f"ganforge_test_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:

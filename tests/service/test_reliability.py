@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.pool import NullPool
 
 from app.models import Job
 from tests.service.conftest import REDIS_URL, Service, _redis_url, running_service, tiny_spec
+from tests.services import POSTGRES_URL
 
 FAST = {
     "GANFORGE_LEASE_SECONDS": "4",
@@ -132,3 +136,70 @@ def test_flushing_redis_loses_no_queued_job(tmp_path):
             client.post(f"/api/jobs/{busy['id']}/cancel")
             for job_id in waiting:
                 assert service.wait_for(job_id, ("succeeded", "failed"))["status"] == "succeeded"
+
+
+# The cluster that POSTGRES_URL reaches, as pg_ctlcluster names it (version, name).
+PG_CLUSTER = os.environ.get("GANFORGE_TEST_PG_CLUSTER", "15 main").split()
+PG_CTL = ["pg_ctlcluster", "--skip-systemctl-redirect", *PG_CLUSTER]
+
+
+def _require_pg_ctl() -> None:
+    """Restarting the server needs pg_ctlcluster as root: CI has both (a failure there)."""
+    if shutil.which("pg_ctlcluster") is None:
+        reason = "pg_ctlcluster is not installed: cannot restart PostgreSQL"
+    elif os.geteuid() != 0:
+        reason = "restarting PostgreSQL with pg_ctlcluster needs root"
+    else:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _postgres_answers() -> bool:
+    engine = create_engine(POSTGRES_URL, poolclass=NullPool, connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:  # noqa: BLE001 - down, starting up or shutting down
+        return False
+    finally:
+        engine.dispose()
+
+
+def _start_postgres(timeout: float = 60) -> None:
+    """Start the cluster unless it runs (`start` then fails harmlessly); wait until it answers."""
+    deadline = time.monotonic() + timeout
+    subprocess.run([*PG_CTL, "start"], capture_output=True, timeout=timeout)
+    while not _postgres_answers():
+        assert time.monotonic() < deadline, f"PostgreSQL did not come back within {timeout} s"
+        time.sleep(0.1)
+
+
+def test_restarting_postgresql_mid_job_and_the_job_still_finishes(tmp_path):
+    _require_pg_ctl()
+    # A lease much longer than the outage: the job rides it out on its first attempt.
+    env = {**FAST, "GANFORGE_LEASE_SECONDS": "30"}
+    spec = {**LONG_RUN, "steps": 3000}
+    with running_service(tmp_path, "postgres+redis", workers=1, env_overrides=env) as service:
+        job_id = _run_until_step(service, 100, spec)
+        with service.client() as client:
+            job = client.get(f"/api/jobs/{job_id}").json()
+            assert job["status"] == "running" and job["step"] < spec["steps"], job
+            stopping = time.monotonic()
+            try:
+                subprocess.run([*PG_CTL, "stop"], check=True, capture_output=True, timeout=60)
+                # The outage is real: the service sees it (and still answers).
+                assert client.get("/api/health").status_code == 503
+                time.sleep(3)
+            finally:
+                _start_postgres()
+            print(f"PostgreSQL down for {time.monotonic() - stopping:.1f} s at step {job['step']}")
+            assert client.get("/api/health").status_code == 200
+        _finished_once_per_step(service, job_id, attempt=1, steps=spec["steps"])
+        log = service.log.read_text()
+    # Nothing crashed on the way: no child process restarted by the supervisor, no task or
+    # job failed, no traceback at all (an unreachable database is logged in one line).
+    for crash in ("exited with status", "raised unexpected", f"job {job_id} failed", "Traceback"):
+        assert crash not in log, f"{crash!r} in the service log:\n{log[-4000:]}"
