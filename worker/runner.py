@@ -26,8 +26,9 @@ from app.db import first_line, is_transient, retry_transient
 from app.models import Checkpoint as CheckpointRow
 from app.models import Job
 from app.store import ArtifactStore
-from trainer.checkpoint import CheckpointError, read_checkpoint
+from trainer.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from trainer.data import DataError
+from trainer.distributed import ranks
 from trainer.spec import TrainSpec
 from trainer.training import Trainer, TrainingDiverged
 from worker.sinks import service_sinks
@@ -115,30 +116,7 @@ def run_job(
     status, error = "failed", None
     heart.start()  # at once: building the trainer can take longer than a short lease
     try:
-        trainer = _build_trainer(engine, store, job_id)
-        state.step = trainer.step
-        sinks = service_sinks(engine, store, job_id, owner, lease.total_seconds())
-
-        def should_stop() -> bool:
-            return state.cancel.is_set() or state.lost.is_set() or shutting_down.is_set()
-
-        def progress(step: int, _values: dict[str, float] | None) -> None:
-            state.step = step
-
-        try:
-            result = trainer.run(sinks, should_stop=should_stop, progress=progress)
-        finally:
-            if not state.lost.is_set():
-                sinks.metrics.flush()  # type: ignore[attr-defined]
-        state.step = result.step
-        if result.status == "succeeded":
-            status = "succeeded"
-        elif state.lost.is_set():
-            status = "lost"
-        elif state.cancel.is_set():
-            status = "cancelled"
-        else:
-            status = "requeued"
+        status = _train(engine, store, job_id, owner, lease, state, shutting_down)
     except jobs.LeaseLost:
         status = "lost"
     except (TrainingDiverged, DataError, CheckpointError, ValueError) as exc:
@@ -171,8 +149,52 @@ def run_job(
     return status
 
 
-def _build_trainer(engine: Engine, store: ArtifactStore, job_id: str) -> Trainer:
-    """The job's trainer, continued from its latest checkpoint when it has one."""
+def _train(
+    engine: Engine,
+    store: ArtifactStore,
+    job_id: str,
+    owner: str,
+    lease: timedelta,
+    state: RunState,
+    shutting_down: threading.Event,
+) -> str:
+    """Build the trainer and train; how it ended. For a distributed job this process is
+    rank 0: the other ranks run (and load the same checkpoint) inside `ranks`."""
+    spec, checkpoint, datasets = _load_job(engine, store, job_id)
+    with ranks(spec, resume=checkpoint, datasets=datasets) as rank:
+        trainer = Trainer(spec, resolve_dataset=datasets.__getitem__, rank=rank)
+        if checkpoint is not None:
+            trainer.load(checkpoint)
+        _rewind(engine, store, job_id, trainer.step)
+        state.step = trainer.step
+        sinks = service_sinks(engine, store, job_id, owner, lease.total_seconds())
+
+        def should_stop() -> bool:
+            return state.cancel.is_set() or state.lost.is_set() or shutting_down.is_set()
+
+        def progress(step: int, _values: dict[str, float] | None) -> None:
+            state.step = step
+
+        try:
+            result = trainer.run(sinks, should_stop=should_stop, progress=progress)
+        finally:
+            if not state.lost.is_set():
+                sinks.metrics.flush()  # type: ignore[attr-defined]
+    state.step = result.step
+    if result.status == "succeeded":
+        return "succeeded"
+    if state.lost.is_set():
+        return "lost"
+    if state.cancel.is_set():
+        return "cancelled"
+    return "requeued"
+
+
+def _load_job(
+    engine: Engine, store: ArtifactStore, job_id: str
+) -> tuple[TrainSpec, Checkpoint | None, dict[str, Path]]:
+    """The job's spec, its latest checkpoint (SHA-256 checked) and its uploaded dataset's
+    path (by id: every rank opens the same file)."""
     with Session(engine) as session:
         job = session.get(Job, job_id)
         assert job is not None
@@ -183,17 +205,22 @@ def _build_trainer(engine: Engine, store: ArtifactStore, job_id: str) -> Trainer
             .order_by(CheckpointRow.step.desc())
             .limit(1)
         ).first()
-
-        def resolve(dataset_id: str) -> Path:
-            return resolve_dataset_path(session, store, dataset_id)
-
-        trainer = Trainer(spec, resolve_dataset=resolve)
+        datasets: dict[str, Path] = {}
+        if spec.data.dataset_id is not None:
+            datasets[spec.data.dataset_id] = resolve_dataset_path(
+                session, store, spec.data.dataset_id
+            )
+        checkpoint = None
         if latest is not None:
-            trainer.load(read_checkpoint(store.path(latest.path), expected_sha256=latest.sha256))
+            checkpoint = read_checkpoint(store.path(latest.path), expected_sha256=latest.sha256)
+    return spec, checkpoint, datasets
+
+
+def _rewind(engine: Engine, store: ArtifactStore, job_id: str, step: int) -> None:
+    """Forget what an earlier attempt recorded after the step the run continues from."""
     with engine.begin() as conn:
-        stale = jobs.rewind(conn, job_id, trainer.step)
+        stale = jobs.rewind(conn, job_id, step)
     for path in stale:
         store.delete(path)
         if path.endswith(".safetensors"):
             store.delete(path[: -len(".safetensors")] + ".json")
-    return trainer

@@ -198,3 +198,28 @@ def _ganforge(service, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=180,
     )
+
+
+def test_a_two_rank_job_finishes_with_one_set_of_metrics_and_checkpoints(service):
+    """distributed.world_size 2 (gloo on CPU): the worker is rank 0 and starts rank 1; the
+    job reads like any other: each metric step, sample and checkpoint once."""
+    spec = tiny_spec(distributed={"world_size": 2}, accumulation={"steps": 2}, device="cpu")
+    with service.client() as client:
+        made = client.post("/api/jobs", json={"spec": spec})
+        assert made.status_code == 201, made.text
+        job_id = made.json()["id"]
+        job = service.wait_for(job_id, ("succeeded", "failed"))
+        assert job["status"] == "succeeded" and job["step"] == 40, job
+        metrics = client.get(f"/api/jobs/{job_id}/metrics").json()["series"]
+        assert metrics["loss/d"]["step"] == list(range(5, 41, 5))
+        assert metrics["audit/leak_g"]["value"] == [0.0] * 8
+        assert [s["step"] for s in client.get(f"/api/jobs/{job_id}/samples").json()["items"]] == [
+            20,
+            40,
+        ]
+        checkpoints = client.get(f"/api/jobs/{job_id}/checkpoints").json()["items"]
+        assert [c["step"] for c in checkpoints] == [20, 40]
+        # Any world size resumes it: the checkpoint holds one copy of the state.
+        generated = client.post(f"/api/jobs/{job_id}/generate", json={"n": 10, "format": "npy"})
+        assert generated.status_code == 200
+        assert np.load(io.BytesIO(generated.content)).shape == (10, 2)
