@@ -35,8 +35,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer.spec import TrainSpec
 
-# A rank that waits longer than this on a collective gives up (a peer died).
-TIMEOUT = timedelta(seconds=120)
+# A rank that waits longer than this on a collective gives up. A peer that dies closes its
+# sockets and is noticed at once; this is for one that hangs. Generous, because rank 0 alone
+# evaluates, samples and checkpoints (and its database writes may wait out a restart) while
+# the others wait at the next step's collective.
+TIMEOUT = timedelta(minutes=10)
 # All of a network's gradient in one bucket where it fits: one all-reduce per optimizer step.
 BUCKET_MB = 256
 
