@@ -334,3 +334,23 @@ def test_uploading_a_dataset_sets_the_data_fields(page, live, tmp_path):
     page.set_viewport_size({"width": 375, "height": 800})
     _no_sideways_scroll(page)
     screenshot(page, "new-job-upload-375")
+
+
+def test_ranks_split_the_batch_and_a_split_that_does_not_fit_is_named(page, live):
+    """The DDP world size: the note counts each rank's micro-batches; a world size whose
+    split does not divide the batch gets the API's message next to the Ranks field."""
+    page.watch.allow(r"/api/specs/validate$", 422)
+    _open(page)
+    _field(page, "accumulation.steps").fill("2")
+    _field(page, "distributed.world_size").fill("2")
+    _expect_editor(page, lambda spec: spec["distributed"]["world_size"] == 2)
+    expect(page.locator("#nf-micro")).to_have_text(
+        "Micro-batches of 64 (256 / 4), 2 per optimizer step on each of 2 ranks "
+        "(gradient averaged once per step)."
+    )
+    _field(page, "distributed.world_size").fill("3")
+    expect(_error(page, "spec.distributed.world_size")).to_have_text(
+        "spec.distributed.world_size: world_size x accumulation.steps = 6 must divide "
+        "batch_size=256 (each rank takes an equal share)"
+    )
+    screenshot(page, "new-job-ranks")

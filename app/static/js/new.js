@@ -325,9 +325,12 @@
       leak.textContent = "No gradient leak: each optimizer step uses only its own network's gradient.";
     }
     const k = report.spec.accumulation.steps;
+    const world = report.spec.distributed ? report.spec.distributed.world_size : 1;
+    const ranks = world > 1 ? ` on each of ${world} ranks (gradient averaged once per step)` : "";
     $("nf-micro").textContent =
-      k > 1
-        ? `Micro-batches of ${report.micro_batch_size} (${report.spec.batch_size} / ${k}), one optimizer step per ${k}.`
+      k * world > 1
+        ? `Micro-batches of ${report.micro_batch_size} (${report.spec.batch_size} / ${k * world}), ` +
+          `${k} per optimizer step${ranks}.`
         : `One batch of ${report.spec.batch_size} per optimizer step.`;
     if (report.warnings.length) {
       warnings.replaceChildren(
