@@ -99,7 +99,31 @@ def revoke_token(conn: Connection, name: str) -> bool:
     return bool(result.rowcount)
 
 
-def tokens_exist(conn: Connection | Session) -> bool:
+def parse_env_tokens(raw: str) -> list[tuple[str, str]]:
+    """`GANFORGE_API_TOKENS`: comma-separated `NAME=TOKEN` or `NAME=sha256:HEX`, as
+    (name, SHA-256 hex) pairs. A ValueError names the entry that is wrong."""
+    out: list[tuple[str, str]] = []
+    for i, entry in enumerate((e.strip() for e in raw.split(",")), start=1):
+        if not entry:
+            continue
+        name, sep, secret = entry.partition("=")
+        if not sep or not NAME_PATTERN.match(name) or not secret:
+            raise ValueError(f"entry {i}: expected NAME=TOKEN or NAME=sha256:HEX")
+        if secret.startswith("sha256:"):
+            hexdigest = secret.removeprefix("sha256:").lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", hexdigest):
+                raise ValueError(f"entry {i} ({name}): sha256: needs 64 hex digits")
+        elif len(secret) < 20:
+            raise ValueError(f"entry {i} ({name}): a token of at least 20 characters")
+        else:
+            hexdigest = digest(secret)
+        out.append((name, hexdigest))
+    return out
+
+
+def tokens_exist(conn: Connection | Session, env: list[tuple[str, str]] | None = None) -> bool:
+    if env:
+        return True
     return bool(conn.scalar(select(exists().where(ApiToken.id.is_not(None)))))
 
 
@@ -110,15 +134,20 @@ class Caller:
     token: str | None
 
 
-def check_token(session: Session, token: str) -> Caller:
-    """The caller a presented token belongs to; HTTPException(401) naming why it is refused."""
+def check_token(session: Session, token: str, env: list[tuple[str, str]] | None = None) -> Caller:
+    """The caller a presented token belongs to; HTTPException(401) naming why it is refused.
+    `env`: the (name, digest) pairs of GANFORGE_API_TOKENS, each compared in constant time."""
+    presented = digest(token)
+    for name, expected_env in env or ():
+        if hmac.compare_digest(presented, expected_env):
+            return Caller(name)
     match = _TOKEN.match(token)
     row = (
         session.scalar(select(ApiToken).where(ApiToken.prefix == match.group(1))) if match else None
     )
     # Compare even when nothing was found, so the time taken does not tell which it was.
     expected = row.sha256 if row is not None else "0" * 64
-    if not hmac.compare_digest(digest(token), expected) or row is None:
+    if not hmac.compare_digest(presented, expected) or row is None:
         raise _unauthorized("the token is not valid")
     if row.revoked_at is not None:
         raise _unauthorized(f"the token {row.name!r} was revoked")
@@ -165,26 +194,30 @@ async def authorize(
     if not needs_token(request.method, request.scope.get("endpoint")):
         return Caller(None)
     token = presented_token(request, credentials)
-    return await run_in_threadpool(_caller, request.app.state.sessions, token)
+    env = parse_env_tokens(request.app.state.settings.api_tokens)
+    return await run_in_threadpool(_caller, request.app.state.sessions, token, env)
 
 
-def _caller(factory: sessionmaker[Session], token: str) -> Caller:
+def _caller(factory: sessionmaker[Session], token: str, env: list[tuple[str, str]]) -> Caller:
     with factory() as session:
-        if not tokens_exist(session):
+        if not tokens_exist(session, env):
             return Caller(None)
         if not token:
             raise _unauthorized("this server needs a token for that")
-        return check_token(session, token)
+        return check_token(session, token, env)
 
 
-def whoami(factory: sessionmaker[Session], token: str) -> dict[str, Any]:
+def whoami(
+    factory: sessionmaker[Session], token: str, env: list[tuple[str, str]] | None = None
+) -> dict[str, Any]:
     """What the dashboard asks first: does this server need a token, and is this one good."""
     with factory() as session:
-        required = tokens_exist(session)
+        required = tokens_exist(session, env)
         if not required or not token:
             return {"required": required, "token": None, "error": None}
         try:
-            return {"required": True, "token": check_token(session, token).token, "error": None}
+            caller = check_token(session, token, env)
+            return {"required": True, "token": caller.token, "error": None}
         except HTTPException as exc:
             reason = str(exc.detail).split(";")[0].removeprefix("authorization: ")
             return {"required": True, "token": None, "error": reason}

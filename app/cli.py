@@ -76,15 +76,20 @@ def token_list() -> None:
     """Tokens by name, with when they were made, last used and revoked (never the secret)."""
     from sqlalchemy import select
 
+    from app.auth import parse_env_tokens
     from app.models import ApiToken
+    from app.settings import get_settings
 
     engine = _migrated_engine()
     with engine.connect() as conn:
         rows = conn.execute(select(ApiToken).order_by(ApiToken.created_at)).all()
-    if not rows:
+    env = parse_env_tokens(get_settings().api_tokens)
+    if not rows and not env:
         typer.echo("no tokens: the API is open (writes and downloads need no token)")
         return
     typer.echo(f"{'NAME':24} {'CREATED':20} {'LAST USED':20} REVOKED")
+    for name, _ in env:
+        typer.echo(f"{name:24} (GANFORGE_API_TOKENS: set in the environment)")
     for row in rows:
         typer.echo(
             f"{row.name:24} {_stamp(row.created_at):20} {_stamp(row.last_used_at):20} "
@@ -130,12 +135,13 @@ def _stamp(value: object) -> str:
 
 def refuse_exposure(host: str, insecure: bool) -> None:
     """Exit when the API would listen beyond this machine with no token to guard it."""
-    from app.auth import is_loopback, tokens_exist
+    from app.auth import is_loopback, parse_env_tokens, tokens_exist
+    from app.settings import get_settings
 
     if insecure or is_loopback(host):
         return
     with _migrated_engine().connect() as conn:
-        if tokens_exist(conn):
+        if tokens_exist(conn, parse_env_tokens(get_settings().api_tokens)):
             return
     typer.echo(
         f"error: --host {host}: anyone who can reach this address could submit jobs and "

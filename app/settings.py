@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,6 +37,18 @@ class Settings(BaseSettings):
     # Prefixed to the queue names (`gpu`, `cpu`), so several deployments can share a broker.
     queue_prefix: str = ""
     max_upload_bytes: int = 512 * 1024 * 1024
+    # API tokens from the environment, beside the token table (`ganforge token create`):
+    # comma-separated `NAME=TOKEN` or `NAME=sha256:HEX` (the token's SHA-256, so the secret
+    # need not be in the environment). Any token, here or in the table, turns auth on.
+    api_tokens: str = ""
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _api_tokens_parse(cls, value: str) -> str:
+        from app.auth import parse_env_tokens
+
+        parse_env_tokens(value)  # a ValueError names the entry
+        return value
 
     @property
     def effective_broker_url(self) -> str:

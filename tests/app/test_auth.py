@@ -313,3 +313,51 @@ def test_token_commands_and_the_exposure_guard(tmp_path: Path) -> None:
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
     twice = ganforge("token", "revoke", "erin", db=db)
     assert twice.returncode == 1 and "no valid token named 'erin'" in twice.stderr
+
+
+def test_tokens_from_the_environment(tmp_path: Path) -> None:
+    """GANFORGE_API_TOKENS (DESIGN.md section 7): NAME=TOKEN or NAME=sha256:HEX; either turns
+    auth on, names the caller, and is compared by digest like the table's tokens."""
+    from app.api import create_app
+    from app.db import make_engine, upgrade
+    from app.settings import Settings
+
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    upgrade(url)
+    plain, hidden = "p" * 32, "h" * 32
+    hashed = hashlib.sha256(hidden.encode()).hexdigest()
+    settings = Settings(
+        database_url=url,
+        broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+        artifact_dir=tmp_path / "artifacts",
+        api_tokens=f"deploy={plain}, ops=sha256:{hashed}",
+    )
+    engine = make_engine(url)
+    with TestClient(create_app(settings, engine)) as client:
+        spec = {"spec": SPEC.model_dump(mode="json")}
+        assert client.get("/api/auth").json()["required"] is True
+        assert client.post("/api/jobs", json=spec).status_code == 401
+        assert client.post("/api/jobs", json=spec, headers=bearer("x" * 32)).status_code == 401
+        for token, name in ((plain, "deploy"), (hidden, "ops")):
+            made = client.post("/api/jobs", json=spec, headers=bearer(token))
+            assert made.status_code == 201 and made.json()["created_by"] == name
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("justatoken" * 3, "entry 1: expected NAME=TOKEN"),
+        ("a=short", "entry 1 (a): a token of at least 20 characters"),
+        ("a=" + "x" * 30 + ",b=sha256:abc", "entry 2 (b): sha256: needs 64 hex digits"),
+        ("bad name=" + "x" * 30, "entry 1: expected NAME=TOKEN"),
+    ],
+)
+def test_a_malformed_environment_token_stops_the_settings(raw: str, message: str) -> None:
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    with pytest.raises(ValidationError) as err:
+        Settings(api_tokens=raw)
+    assert "api_tokens" in str(err.value) and message in str(err.value)
