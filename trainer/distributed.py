@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import re
 import shutil
@@ -221,6 +222,8 @@ def _rank_main(
         if resume is not None:
             trainer.load(resume)
         trainer.run(memory_sinks())
+        del trainer  # DDP's reducer goes while its process group still exists
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
