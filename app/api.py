@@ -21,6 +21,7 @@ from app import jobs, queue, web
 from app.auth import CallerDep, authorize
 from app.db import make_engine
 from app.deps import SessionDep, SettingsDep, StoreDep, field_error, job_or_404, unprocessable
+from app.devices import device_report
 from app.models import JOB_STATUSES, Job, JobTag, utcnow
 from app.routes import artifacts, datasets, events, metrics, monitoring, specs
 from app.routes import auth as auth_routes
@@ -71,7 +72,7 @@ def create_job(
     session.add(job)
     session.commit()
     try:
-        queue.enqueue(settings, job.id, spec.device)
+        queue.enqueue(settings, job.id, spec)
     except Exception as exc:  # noqa: BLE001 - no job may sit in the table without a message
         session.delete(job)
         session.commit()
@@ -137,10 +138,10 @@ def cancel_job(job_id: str, session: SessionDep) -> JobOut:
 def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobOut:
     """Requeue a failed or cancelled job; it continues from its last checkpoint."""
     job = job_or_404(session, job_id)
-    device = str(job.spec.get("device", "auto"))
+    queue_name = queue.stored_queue(settings, job.spec)
     _transition(session, jobs.request_resume, job_id)
     try:
-        queue.enqueue(settings, job_id, device)
+        queue.send(settings, job_id, queue_name)
     except Exception as exc:  # noqa: BLE001
         session.execute(
             update(Job)
@@ -185,10 +186,14 @@ def _fresh(session: Session, job_id: str) -> JobOut:
 
 @router.get("/health")
 def health(session: SessionDep, settings: SettingsDep) -> JSONResponse:
-    """Liveness, database and broker reachability (503 when either does not answer)."""
+    """Liveness, database and broker reachability (503 when either does not answer), and
+    each worker host's GPUs: `{"host": {"total": 2, "free": 1, "busy": 1}}`."""
+    hosts: dict[str, dict[str, int]] = {}
     try:
         session.execute(text("SELECT 1"))
         database = "ok"
+        report = device_report(session.connection(), settings)
+        hosts = {host: entry.summary() for host, entry in report.items()}
     except Exception as exc:  # noqa: BLE001 - any failure means unreachable
         database = f"unreachable: {_first_line(exc)}"
     try:
@@ -203,6 +208,7 @@ def health(session: SessionDep, settings: SettingsDep) -> JSONResponse:
             "database": database,
             "broker": broker,
             "broker_kind": queue.broker_kind(settings.effective_broker_url),
+            "devices": hosts,
         },
         status_code=200 if ok else 503,
     )

@@ -168,28 +168,53 @@ def api(
     uvicorn.run("app.api:create_app", factory=True, host=host, port=port)
 
 
+GPUS_HELP = (
+    "GPUs this worker gives its jobs, comma-separated as nvidia-smi numbers them (0,1) or by "
+    "UUID; `none` for none (default: every CUDA device it sees). Workers may share devices: "
+    "no two jobs ever hold one"
+)
+
+
 @app.command()
 def worker(
     queues: str = typer.Option(
         "",
-        help="comma-separated queues to consume (default: gpu,cpu with a GPU, else cpu; "
-        "GANFORGE_QUEUE_PREFIX prefixes them)",
+        help="comma-separated queues to consume (default: gpuN..gpu2,gpu,cpu for N GPUs, "
+        "else cpu; GANFORGE_QUEUE_PREFIX prefixes them)",
     ),
+    gpus: str | None = typer.Option(None, help=GPUS_HELP),
     threads: int = typer.Option(0, help="torch CPU threads (0: all cores)"),
     loglevel: str = typer.Option("info", help="Celery log level"),
 ) -> None:
-    """A Celery worker process: runs one job at a time (start one per GPU)."""
+    """A Celery worker process: runs one job at a time on its GPUs (or the CPU)."""
     import torch
 
     if threads > 0:
         torch.set_num_threads(threads)
     from app.queue import worker_queues
     from app.settings import get_settings
-    from worker.celery_app import celery
+    from worker.node import DeviceOptionError, Node, parse_devices
 
+    settings = get_settings()
+    try:
+        devices = parse_devices(gpus, simulate=settings.simulate_gpus)
+    except DeviceOptionError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not devices:
+        # Jobs train in this process: an `auto` one must not find a GPU it does not hold.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    node = Node.here(settings, devices)
+    from worker.celery_app import celery, configure
+
+    configure(node)
     if not queues:
-        queues = ",".join(worker_queues(get_settings(), torch.cuda.is_available()))
-
+        queues = ",".join(worker_queues(settings, len(devices)))
+    simulated = " (simulated)" if devices and settings.simulate_gpus else ""
+    typer.echo(
+        f"worker {node.id}: GPUs {','.join(devices) or 'none'}{simulated}; queues {queues}",
+        err=True,
+    )
     celery.worker_main(
         [
             "worker",
@@ -210,6 +235,13 @@ def up(
     port: int = typer.Option(8000, help="port the API listens on"),
     workers: int = typer.Option(1, min=1, help="worker processes (one job each at a time)"),
     threads: int = typer.Option(0, help="torch threads per worker (0: cores / workers)"),
+    gpus: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a worker's GPUs, as `ganforge worker --gpus`: once for every worker, or once "
+            "per worker (`--gpus 0,1 --gpus 2` starts two)"
+        ),
+    ] = None,
     insecure: bool = typer.Option(False, envvar="GANFORGE_INSECURE", help=INSECURE_HELP),
 ) -> None:
     """Run everything here: migrations, the API and worker processes, until Ctrl-C.
@@ -219,6 +251,16 @@ def up(
     """
     from app.supervisor import run
 
+    lists = gpus or []
+    if len(lists) > 1:
+        if workers not in (1, len(lists)):
+            typer.echo(
+                f"error: --workers {workers} with {len(lists)} --gpus lists: give one list "
+                "for all workers, or one per worker",
+                err=True,
+            )
+            raise typer.Exit(2)
+        workers = len(lists)
     raise typer.Exit(
         run(
             host=host,
@@ -227,6 +269,7 @@ def up(
             threads=threads or None,
             insecure=insecure,
             echo=typer.echo,
+            gpus=[lists[i % len(lists)] for i in range(workers)] if lists else None,
         )
     )
 

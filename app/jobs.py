@@ -5,16 +5,19 @@
     failed | cancelled --resume--> queued   running --release (worker shutting down)--> queued
 
 The worker holds a lease (`lease_owner`, `lease_expires_at`) that its heartbeats extend;
-`finish` and `heartbeat` only touch a job whose lease the caller still holds.
+`finish` and `heartbeat` only touch a job whose lease the caller still holds. The GPUs a run
+holds (app.devices) share that lease: extended with it, released when the run ends.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
 
+from app import devices as device_leases
 from app.models import Checkpoint, Job, MetricPoint, Sample, utcnow
 
 LEASE = timedelta(seconds=60)
@@ -40,8 +43,17 @@ class TransitionError(ValueError):
     """The job is not in a state that allows the transition (the API answers 409)."""
 
 
-def claim(conn: Connection, job_id: str, owner: str, lease: timedelta = LEASE) -> bool:
-    """Take a queued job; False when it is not queued (already taken, cancelled, deleted)."""
+def claim(
+    conn: Connection,
+    job_id: str,
+    owner: str,
+    lease: timedelta = LEASE,
+    *,
+    worker: str | None = None,
+    devices: Sequence[str] = (),
+) -> bool:
+    """Take a queued job; False when it is not queued (already taken, cancelled, deleted).
+    `worker` (default: `owner`) and `devices` are recorded on the job."""
     now = utcnow()
     result = conn.execute(
         update(Job)
@@ -55,6 +67,8 @@ def claim(conn: Connection, job_id: str, owner: str, lease: timedelta = LEASE) -
             started_at=now,
             finished_at=None,
             error=None,
+            worker=worker or owner,
+            devices=list(devices),
         )
     )
     return result.rowcount == 1
@@ -78,6 +92,7 @@ def heartbeat(
     )
     if result.rowcount != 1:
         return None
+    device_leases.extend(conn, job_id, owner, now + lease)
     status: str | None = conn.scalar(select(Job.status).where(Job.id == job_id))
     return status
 
@@ -107,6 +122,7 @@ def finish(
         )
         .values(**values)
     )
+    device_leases.release(conn, job_id, owner)
     return result.rowcount == 1
 
 
@@ -125,6 +141,7 @@ def release(conn: Connection, job_id: str, owner: str, step: int | None) -> bool
     result = conn.execute(
         base.where(Job.status == "running").values(status="queued", queued_at=utcnow(), **cleared)
     )
+    device_leases.release(conn, job_id, owner)
     return result.rowcount == 1
 
 
@@ -210,4 +227,7 @@ def requeue_expired(conn: Connection, job_id: str, now: datetime) -> str | None:
         .where(Job.id == job_id, Job.status == status, Job.lease_expires_at < now)
         .values(**values)
     )
-    return str(values["status"]) if result.rowcount == 1 else None
+    if result.rowcount != 1:
+        return None
+    device_leases.release(conn, job_id)  # expired with the job's lease; gone now
+    return str(values["status"])

@@ -91,6 +91,10 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The name of the API token that submitted it (None when the service needs no token).
     created_by: Mapped[str | None] = mapped_column(String(100))
+    # Who ran its latest attempt (`host:pid:id` of the worker process) and on which of that
+    # host's GPUs (`[]`: none); kept after the job ends.
+    worker: Mapped[str | None] = mapped_column(String(200))
+    devices: Mapped[list[str] | None] = mapped_column(JSON)
 
     tag_rows: Mapped[list[JobTag]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="JobTag.position"
@@ -175,3 +179,34 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class DeviceLease(Base):
+    """A GPU held by a running job: one row per device of a host, so no two jobs hold one.
+
+    Taken in the transaction that claims the job, extended by its heartbeats, deleted when
+    the run ends; a lease past `expires_at` (its worker was killed) is free again. `worker`
+    is the lease owner of the run (`Job.lease_owner`)."""
+
+    __tablename__ = "device_lease"
+
+    host: Mapped[str] = mapped_column(String(200), primary_key=True)
+    device: Mapped[str] = mapped_column(String(100), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    worker: Mapped[str] = mapped_column(String(200))
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WorkerDevice(Base):
+    """A GPU a live worker process serves (`ganforge worker --gpus`), written again every few
+    seconds while it runs and deleted when it stops; the API reports each host's devices
+    from these rows. Several workers may list the same device."""
+
+    __tablename__ = "worker_device"
+
+    worker: Mapped[str] = mapped_column(String(200), primary_key=True)
+    device: Mapped[str] = mapped_column(String(100), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())

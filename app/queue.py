@@ -2,24 +2,50 @@
 by task name) and by the worker (to run it). The broker only carries job ids; the database
 is the source of truth for job state.
 
-Queues: `gpu` for specs that ask for a CUDA device, `cpu` for everything else (`device: auto`
-included). A worker on a machine with a GPU consumes both, a CPU-only worker only `cpu`.
+Queues, by the GPUs a job must hold (`TrainSpec.gpus`): `cpu` for none (`device: auto`
+included), `gpu` for one, `gpu2`, `gpu3`, ... for more. A worker with N devices consumes `gpu`
+up to `gpuN` and `cpu`, so a job reaches only a worker with enough devices; a CPU-only worker
+consumes `cpu`. GANFORGE_QUEUE_PREFIX prefixes every name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport.sqlalchemy import Channel as _KombuSQLAChannel
 from kombu.transport.sqlalchemy import Transport as _SQLATransport
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
 from app.settings import Settings
+from trainer.spec import TrainSpec
 
 RUN_JOB = "ganforge.run_job"
-QUEUES = ("gpu", "cpu")
+QUEUES = ("gpu", "cpu")  # always reported by /metrics; `gpuN` ones as jobs or workers need them
+
+
+class _SQLAChannel(_KombuSQLAChannel):
+    """kombu's channel, safe when two processes declare the same new queue at once (workers
+    starting together: the second insert of the queue's name fails; it reads the first's), and
+    giving its database connection back when closed (kombu's keeps it until garbage
+    collection, so an API answering /metrics and /api/health often ran out of connections)."""
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        super().close()  # type: ignore[no-untyped-call]
+
+    def _get_or_create(self, queue: str) -> Any:
+        try:
+            return super()._get_or_create(queue)  # type: ignore[no-untyped-call]
+        except IntegrityError:
+            self.session.rollback()
+            return super()._get_or_create(queue)  # type: ignore[no-untyped-call]
 
 
 class PollingSQLATransport(_SQLATransport):
@@ -30,6 +56,7 @@ class PollingSQLATransport(_SQLATransport):
     cannot be passed as an option: it is a class attribute here instead.
     """
 
+    Channel = _SQLAChannel
     polling_interval = 0.1
 
 
@@ -38,13 +65,24 @@ TRANSPORT_ALIASES["sqla"] = "app.queue:PollingSQLATransport"
 TRANSPORT_ALIASES["sqlalchemy"] = "app.queue:PollingSQLATransport"
 
 
-def queue_for(settings: Settings, device: str) -> str:
-    return settings.queue_prefix + ("gpu" if device.startswith("cuda") else "cpu")
+def queue_name(settings: Settings, gpus: int) -> str:
+    """The queue of jobs that hold `gpus` GPUs: cpu, gpu, gpu2, gpu3, ..."""
+    name = "cpu" if gpus <= 0 else "gpu" if gpus == 1 else f"gpu{gpus}"
+    return settings.queue_prefix + name
 
 
-def worker_queues(settings: Settings, has_gpu: bool) -> list[str]:
-    """What a worker consumes: both queues on a machine with a GPU, else `cpu` only."""
-    return [settings.queue_prefix + q for q in (QUEUES if has_gpu else ("cpu",))]
+def queue_for(settings: Settings, spec: TrainSpec) -> str:
+    return queue_name(settings, spec.gpus)
+
+
+def stored_queue(settings: Settings, spec: Mapping[str, Any]) -> str:
+    """The queue of a job from its stored spec (JSON, validated when it was submitted)."""
+    return queue_for(settings, TrainSpec.model_validate(spec))
+
+
+def worker_queues(settings: Settings, gpus: int) -> list[str]:
+    """What a worker with `gpus` devices consumes: jobs of gpus..1 GPUs, and CPU jobs."""
+    return [queue_name(settings, n) for n in range(gpus, -1, -1)]
 
 
 def broker_kind(url: str) -> str:
@@ -111,17 +149,22 @@ def client(settings: Settings) -> Celery:
     return _client(settings.effective_broker_url, settings.model_dump_json())
 
 
-def enqueue(settings: Settings, job_id: str, device: str) -> None:
+def enqueue(settings: Settings, job_id: str, spec: TrainSpec) -> None:
     """Put a job id on its queue: the task is sent by name, the API never imports the worker."""
-    client(settings).send_task(RUN_JOB, args=[job_id], queue=queue_for(settings, device))
+    send(settings, job_id, queue_for(settings, spec))
 
 
-def queue_depth(settings: Settings) -> dict[str, int]:
-    """Messages waiting per queue (for /metrics)."""
+def send(settings: Settings, job_id: str, queue: str) -> None:
+    client(settings).send_task(RUN_JOB, args=[job_id], queue=queue)
+
+
+def queue_depth(settings: Settings, names: Iterable[str] = ()) -> dict[str, int]:
+    """Messages waiting per queue (for /metrics): `gpu`, `cpu` and `names`."""
     depth: dict[str, int] = {}
+    wanted = dict.fromkeys([*(settings.queue_prefix + q for q in QUEUES), *names])
     with client(settings).connection_for_read() as conn:
         channel = conn.default_channel
-        for name in (settings.queue_prefix + q for q in QUEUES):
+        for name in wanted:
             # Not passive: declaring a queue we use anyway is harmless, and a passive
             # declare of a queue that never held a message fails on some transports.
             _, count, _ = channel.queue_declare(queue=name, auto_delete=False, durable=True)

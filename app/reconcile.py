@@ -70,10 +70,10 @@ def reconcile(engine: Engine, settings: Settings) -> Report:
         ).all()
     by_queue: dict[str, list[tuple[str, bool]]] = {}
     for job_id, spec, queued_at in queued:
-        name = queue.queue_for(settings, str(spec.get("device", "auto")))
+        name = queue.stored_queue(settings, spec)
         stale = job_id in report.requeued or queued_at is None or queued_at < stale_before
         by_queue.setdefault(name, []).append((job_id, stale))
-    depth = queue.queue_depth(settings) if by_queue else {}
+    depth = queue.queue_depth(settings, by_queue) if by_queue else {}
     for name, entries in by_queue.items():
         missing = len(entries) - depth.get(name, 0)
         for job_id, stale in entries:
@@ -93,4 +93,4 @@ def _resend(
         conn.execute(
             update(Job).where(Job.id == job_id, Job.status == "queued").values(queued_at=now)
         )
-    queue.client(settings).send_task(queue.RUN_JOB, args=[job_id], queue=queue_name)
+    queue.send(settings, job_id, queue_name)

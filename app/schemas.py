@@ -44,6 +44,12 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None  # every timestamp is UTC (app.models.UTCDateTime)
     created_by: str | None = Field(None, description="the name of the token that submitted it")
+    worker: str | None = Field(
+        None, description="the worker process (`host:pid:id`) that ran its latest attempt"
+    )
+    devices: list[str] | None = Field(
+        None, description="the GPUs of that worker's host its latest attempt held ([]: none)"
+    )
 
 
 class JobPage(BaseModel):

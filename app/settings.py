@@ -34,8 +34,17 @@ class Settings(BaseSettings):
     max_batch_size: Annotated[int, Field(gt=0)] = 65_536
     max_width: Annotated[int, Field(gt=0)] = 4096
     max_depth: Annotated[int, Field(gt=0)] = 32
-    # Prefixed to the queue names (`gpu`, `cpu`), so several deployments can share a broker.
+    # Prefixed to the queue names (`cpu`, `gpu`, `gpu2`, ...), so deployments can share a broker.
     queue_prefix: str = ""
+    # Workers: the name their GPUs are recorded under (default: the host name). Workers that
+    # share GPUs must share it; on one machine they do by default.
+    host_name: str | None = None
+    # Workers: treat `--gpus` as simulated devices on a machine without CUDA: jobs train on the
+    # CPU, while allocation, CUDA_VISIBLE_DEVICES and reporting run for real (tests, demos).
+    simulate_gpus: bool = False
+    # Workers: how long a job waits for its GPUs (held by other jobs) before it goes back to
+    # the queue for another worker.
+    device_wait_seconds: Annotated[float, Field(ge=0)] = 5.0
     max_upload_bytes: int = 512 * 1024 * 1024
     # API tokens from the environment, beside the token table (`ganforge token create`):
     # comma-separated `NAME=TOKEN` or `NAME=sha256:HEX` (the token's SHA-256, so the secret

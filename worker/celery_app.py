@@ -1,7 +1,8 @@
 """The Celery app of the workers and its one task, `run_job(job_id)`.
 
 Start with `ganforge worker` (or `celery -A worker.celery_app worker --pool solo`). Each
-worker process runs one job at a time in its own main thread (`solo` pool, prefetch 1).
+worker process runs one job at a time in its own main thread (`solo` pool, prefetch 1);
+`ganforge worker --gpus` gives it devices (`configure`), which it registers while it runs.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutting_down
-from sqlalchemy import Engine
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from sqlalchemy import Engine, select, update
 
 from app.db import first_line, is_transient, make_engine
-from app.queue import RUN_JOB, make_celery
+from app.models import Job, utcnow
+from app.queue import RUN_JOB, make_celery, send, stored_queue
 from app.reconcile import reconcile
 from app.settings import get_settings
 from app.store import ArtifactStore
+from worker.claim import BUSY
+from worker.node import Node, Presence
 from worker.runner import run_job as run_job_now
 
 log = logging.getLogger("ganforge.worker")
@@ -29,11 +33,34 @@ celery = make_celery(get_settings())
 
 # Set when the worker is asked to stop: the running job checkpoints and goes back to the queue.
 shutting_down = threading.Event()
+# This process and its GPUs (`ganforge worker` sets it; none for a plain Celery worker).
+_node: Node | None = None
+_presence: Presence | None = None
+
+
+def configure(node: Node) -> None:
+    """Give this worker process its devices (before the worker starts)."""
+    global _node
+    _node = node
+
+
+def node() -> Node:
+    if _node is None:
+        configure(Node.here(get_settings(), ()))
+    assert _node is not None
+    return _node
 
 
 @worker_shutting_down.connect  # type: ignore[untyped-decorator]
 def _on_shutdown(**_kwargs: Any) -> None:
     shutting_down.set()
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _unregister(**_kwargs: Any) -> None:
+    shutting_down.set()
+    if _presence is not None:
+        _presence.join(timeout=5)  # it unregisters the devices on its way out
 
 
 def _reconcile_forever() -> None:
@@ -53,7 +80,13 @@ def _reconcile_forever() -> None:
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_reconciler(**_kwargs: Any) -> None:
+    global _presence
     threading.Thread(target=_reconcile_forever, name="reconciler", daemon=True).start()
+    if node().devices:
+        engine, _ = _resources()
+        lease = timedelta(seconds=get_settings().lease_seconds)
+        _presence = Presence(engine, node(), lease, shutting_down)
+        _presence.start()
 
 
 @lru_cache(maxsize=1)
@@ -71,22 +104,26 @@ def run_job(job_id: str) -> str:
         return "deferred"
     lease = timedelta(seconds=get_settings().lease_seconds)
     status = run_job_now(
-        job_id, engine=engine, store=store, shutting_down=shutting_down, lease=lease
+        job_id,
+        engine=engine,
+        store=store,
+        shutting_down=shutting_down,
+        lease=lease,
+        node=node(),
     )
-    if status == "requeued":
-        # Back on the queue for another worker (or this one, restarted) to continue from the
-        # checkpoint just written.
+    if status in ("requeued", BUSY):
+        # Back on the queue for another worker (or this one, restarted or with its GPUs free
+        # again) to continue from the checkpoint just written, or to start.
         _send_again(engine, job_id)
     return status
 
 
 def _send_again(engine: Engine, job_id: str) -> None:
-    from sqlalchemy.orm import Session
-
-    from app.models import Job
-    from app.queue import enqueue
-
-    with Session(engine) as session:
-        job = session.get(Job, job_id)
-        device = str(job.spec.get("device", "auto")) if job is not None else "auto"
-    enqueue(get_settings(), job_id, device)
+    with engine.begin() as conn:
+        spec = conn.scalar(select(Job.spec).where(Job.id == job_id, Job.status == "queued"))
+        if spec is None:
+            return  # taken, cancelled or deleted meanwhile
+        # Sent now: the reconciler does not count it missing.
+        conn.execute(update(Job).where(Job.id == job_id).values(queued_at=utcnow()))
+    settings = get_settings()
+    send(settings, job_id, stored_queue(settings, spec))

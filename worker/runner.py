@@ -1,12 +1,17 @@
-"""Runs one job: claim it, train it with the service's sinks, heartbeat, record the outcome.
+"""Runs one job: claim it (with the GPUs it needs), train it with the service's sinks,
+heartbeat, record the outcome.
 
 `run_job` is what the Celery task calls; it needs nothing from Celery, so it can also be
-driven directly (by a benchmark, say).
+driven directly (by a benchmark, say). A worker without GPUs trains in its own process. A
+worker with GPUs (`Node.devices`) trains each job in a fresh process (worker.jobprocess) whose
+CUDA_VISIBLE_DEVICES lists the job's devices, so the trainer's cuda:0, cuda:1, ... are the
+job's and no other's: CUDA reads that variable once per process.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import socket
 import threading
@@ -15,12 +20,13 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from app import jobs
+from app import devices, jobs
 from app.datasets import resolve_dataset_path
 from app.db import first_line, is_transient, retry_transient
 from app.models import Checkpoint as CheckpointRow
@@ -31,6 +37,8 @@ from trainer.data import DataError
 from trainer.distributed import ranks
 from trainer.spec import TrainSpec
 from trainer.training import Trainer, TrainingDiverged
+from worker.claim import BUSY, Claim, claim_when_free
+from worker.node import Node, simulated
 from worker.sinks import service_sinks
 
 log = logging.getLogger("ganforge.worker")
@@ -42,13 +50,43 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+class Flag(Protocol):
+    def is_set(self) -> bool: ...
+    def set(self) -> None: ...
+
+
+class _Cell:
+    value = -1
+
+
 @dataclass
 class RunState:
-    """What the training thread and the heartbeat thread share."""
+    """What the training, the heartbeat and (for a job in its own process) the worker share:
+    the step reached, and the reasons to stop: a cancel, a lost lease, the worker stopping."""
 
-    step: int | None = None  # None until the trainer is built (the heartbeat leaves it alone)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    lost: threading.Event = field(default_factory=threading.Event)
+    cancel: Flag = field(default_factory=threading.Event)
+    lost: Flag = field(default_factory=threading.Event)
+    stop: Flag = field(default_factory=threading.Event)
+    cell: Any = field(default_factory=_Cell)  # the step; -1 until the trainer is built
+
+    @classmethod
+    def shared(cls) -> RunState:
+        """A state a spawned job process can be given (shared memory and semaphores)."""
+        ctx = multiprocessing.get_context("spawn")
+        return cls(ctx.Event(), ctx.Event(), ctx.Event(), ctx.Value("q", -1, lock=False))
+
+    @property
+    def step(self) -> int | None:
+        """None until the trainer is built (the heartbeat leaves the job's step alone)."""
+        value = int(self.cell.value)
+        return None if value < 0 else value
+
+    @step.setter
+    def step(self, value: int | None) -> None:
+        self.cell.value = -1 if value is None else value
+
+    def should_stop(self) -> bool:
+        return self.cancel.is_set() or self.lost.is_set() or self.stop.is_set()
 
 
 class Heartbeat(threading.Thread):
@@ -101,34 +139,48 @@ def run_job(
     owner: str | None = None,
     shutting_down: threading.Event | None = None,
     lease: timedelta = jobs.LEASE,
+    node: Node | None = None,
 ) -> str:
     """Run a queued job to its end. Returns the final status, `skipped` when the job was not
-    queued (a second delivery of the same id), or `requeued` when the worker shut down."""
+    queued (a second delivery of the same id), `requeued` when the worker shut down, or
+    `busy` when the GPUs it needs stayed held by other jobs for `node.wait_seconds` (the job
+    is still queued: the caller sends it again). Without a `node`, GPUs are not managed."""
     owner = owner or worker_id()
-    with engine.begin() as conn:
-        if not jobs.claim(conn, job_id, owner, lease):
-            log.info("job %s is not queued; nothing to do", job_id)
-            return "skipped"
-    log.info("job %s claimed by %s", job_id, owner)
-    state = RunState()
-    heart = Heartbeat(engine, job_id, owner, state, lease)
     shutting_down = shutting_down or threading.Event()
-    status, error = "failed", None
+    claim = claim_when_free(engine, job_id, owner, lease, node, shutting_down)
+    if claim is None:
+        log.info("job %s is not queued; nothing to do", job_id)
+        return "skipped"
+    if claim == BUSY:
+        log.info("job %s: its GPUs are held by other jobs; leaving it for later", job_id)
+        return BUSY
+    assert isinstance(claim, Claim)
+    where = f" on devices {','.join(claim.devices)}" if claim.devices else ""
+    log.info("job %s claimed by %s%s", job_id, owner, where)
+    separate = node is not None and bool(node.devices)
+    state = RunState.shared() if separate else RunState(stop=shutting_down)
+    heart = Heartbeat(engine, job_id, owner, state, lease)
+    status: str = "failed"
+    error: str | None = claim.error
     heart.start()  # at once: building the trainer can take longer than a short lease
     try:
-        status = _train(engine, store, job_id, owner, lease, state, shutting_down)
-    except jobs.LeaseLost:
-        status = "lost"
-    except (TrainingDiverged, DataError, CheckpointError, ValueError) as exc:
-        error = str(exc)
-    except (torch.OutOfMemoryError, MemoryError) as exc:
-        where = "GPU" if isinstance(exc, torch.OutOfMemoryError) else "host"
-        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
-        error = f"out of memory ({where}) at step {state.step}: {detail}"
-        log.error("job %s ran out of memory", job_id)
-    except Exception as exc:  # noqa: BLE001 - any failure is recorded on the job
-        error = f"{type(exc).__name__}: {exc}"
-        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+        if claim.error is None and node is not None and separate:
+            from worker.jobprocess import run_in_child
+
+            status, error = run_in_child(
+                job_id,
+                owner=owner,
+                lease=lease,
+                engine=engine,
+                store=store,
+                state=state,
+                devices=claim.devices,
+                simulate=node.simulate,
+                shutting_down=shutting_down,
+            )
+        elif claim.error is None:
+            simulate = node is not None and node.simulate
+            status, error = attempt(engine, store, job_id, owner, lease, state, simulate=simulate)
     finally:
         heart.done.set()
         if heart.is_alive():
@@ -136,6 +188,7 @@ def run_job(
 
     def record_outcome() -> str:
         with engine.begin() as conn:
+            devices.release(conn, job_id, owner)
             if status == "requeued":
                 return "requeued" if jobs.release(conn, job_id, owner, state.step) else "cancelled"
             if status != "lost":
@@ -149,6 +202,33 @@ def run_job(
     return status
 
 
+def attempt(
+    engine: Engine,
+    store: ArtifactStore,
+    job_id: str,
+    owner: str,
+    lease: timedelta,
+    state: RunState,
+    *,
+    simulate: bool = False,
+) -> tuple[str, str | None]:
+    """Train a claimed job: (how it ended, the error when it failed)."""
+    try:
+        return _train(engine, store, job_id, owner, lease, state, simulate=simulate), None
+    except jobs.LeaseLost:
+        return "lost", None
+    except (TrainingDiverged, DataError, CheckpointError, ValueError) as exc:
+        return "failed", str(exc)
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        where = "GPU" if isinstance(exc, torch.OutOfMemoryError) else "host"
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        log.error("job %s ran out of memory", job_id)
+        return "failed", f"out of memory ({where}) at step {state.step}: {detail}"
+    except Exception as exc:  # noqa: BLE001 - any failure is recorded on the job
+        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+        return "failed", f"{type(exc).__name__}: {exc}"
+
+
 def _train(
     engine: Engine,
     store: ArtifactStore,
@@ -156,11 +236,14 @@ def _train(
     owner: str,
     lease: timedelta,
     state: RunState,
-    shutting_down: threading.Event,
+    *,
+    simulate: bool,
 ) -> str:
     """Build the trainer and train; how it ended. For a distributed job this process is
     rank 0: the other ranks run (and load the same checkpoint) inside `ranks`."""
     spec, checkpoint, datasets = _load_job(engine, store, job_id)
+    if simulate:
+        spec = simulated(spec)
     with ranks(spec, resume=checkpoint, datasets=datasets) as rank:
         trainer = Trainer(spec, resolve_dataset=datasets.__getitem__, rank=rank)
         if checkpoint is not None:
@@ -169,14 +252,11 @@ def _train(
         state.step = trainer.step
         sinks = service_sinks(engine, store, job_id, owner, lease.total_seconds())
 
-        def should_stop() -> bool:
-            return state.cancel.is_set() or state.lost.is_set() or shutting_down.is_set()
-
         def progress(step: int, _values: dict[str, float] | None) -> None:
             state.step = step
 
         try:
-            result = trainer.run(sinks, should_stop=should_stop, progress=progress)
+            result = trainer.run(sinks, should_stop=state.should_stop, progress=progress)
         finally:
             if not state.lost.is_set():
                 sinks.metrics.flush()  # type: ignore[attr-defined]

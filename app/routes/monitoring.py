@@ -4,11 +4,14 @@ ganforge_jobs{status="running"}                 jobs by status
 ganforge_queue_depth{queue="cpu"}                messages waiting on the broker
 ganforge_job_steps_per_second{job_id="..."}      latest perf/steps_per_s of running jobs
 ganforge_job_step{job_id="..."}                  step reached by running jobs
+ganforge_devices{host="...",state="free"}        GPUs of each worker host: free or busy
+ganforge_device_busy{host="...",device="0"}      1 while a job holds the device, else 0
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -20,7 +23,8 @@ from sqlalchemy.orm import Session
 
 from app import queue
 from app.deps import SessionDep, SettingsDep
-from app.models import JOB_STATUSES, Job, MetricPoint
+from app.devices import device_report, largest_worker
+from app.models import JOB_STATUSES, Job, MetricPoint, utcnow
 from app.settings import Settings
 
 router = APIRouter()
@@ -41,11 +45,13 @@ class ServiceCollector(Collector):
             jobs.add_metric([status], float(counts.get(status, 0)))
         yield jobs
 
+        yield from self._devices()
+
         depth = GaugeMetricFamily(
             "ganforge_queue_depth", "Job ids waiting on the broker, per queue.", labels=["queue"]
         )
         try:
-            for name, count in queue.queue_depth(self.settings).items():
+            for name, count in queue.queue_depth(self.settings, self._gpu_queues()).items():
                 depth.add_metric([name], float(count))
         except Exception:  # noqa: BLE001 - an unreachable broker leaves the family empty
             pass
@@ -74,6 +80,31 @@ class ServiceCollector(Collector):
                 rate.add_metric([job_id], float(latest))
         yield rate
         yield step
+
+    def _devices(self) -> Iterator[GaugeMetricFamily]:
+        counts = GaugeMetricFamily(
+            "ganforge_devices", "GPUs of each worker host, free or busy.", labels=["host", "state"]
+        )
+        busy = GaugeMetricFamily(
+            "ganforge_device_busy",
+            "1 while a job holds the GPU, else 0.",
+            labels=["host", "device"],
+        )
+        for host, entry in device_report(self.session.connection(), self.settings).items():
+            counts.add_metric([host, "free"], float(len(entry.free)))
+            counts.add_metric([host, "busy"], float(len(entry.busy)))
+            for device in entry.devices:
+                busy.add_metric([host, device], 1.0 if device in entry.busy else 0.0)
+        yield counts
+        yield busy
+
+    def _gpu_queues(self) -> set[str]:
+        """The `gpuN` queues in use: those of queued jobs and of the live workers' sizes."""
+        specs = self.session.scalars(select(Job.spec).where(Job.status == "queued"))
+        names = {queue.stored_queue(self.settings, spec) for spec in specs}
+        live_since = utcnow() - timedelta(seconds=self.settings.lease_seconds)
+        largest = largest_worker(self.session.connection(), live_since=live_since)
+        return names | set(queue.worker_queues(self.settings, largest))
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -83,6 +83,7 @@ def test_health_reports_the_database_and_the_broker(client):
         "database": "ok",
         "broker": "ok",
         "broker_kind": "sqla",
+        "devices": {},  # no worker has registered GPUs (tests/app/test_devices.py)
     }
 
 

@@ -131,11 +131,13 @@ def test_a_worker_shutting_down_requeues_its_job_unless_it_was_being_cancelled(c
 def test_queues_by_device_and_the_worker_settings_the_service_relies_on():
     from app.queue import celery_config, queue_for, worker_queues
     from app.settings import Settings
+    from trainer.spec import TrainSpec
 
     settings = Settings(queue_prefix="lab-")
-    assert queue_for(settings, "cuda:1") == "lab-gpu" and queue_for(settings, "auto") == "lab-cpu"
-    assert worker_queues(settings, has_gpu=True) == ["lab-gpu", "lab-cpu"]
-    assert worker_queues(settings, has_gpu=False) == ["lab-cpu"]
+    assert queue_for(settings, TrainSpec(device="cuda")) == "lab-gpu"
+    assert queue_for(settings, TrainSpec(device="auto")) == "lab-cpu"
+    assert worker_queues(settings, 1) == ["lab-gpu", "lab-cpu"]
+    assert worker_queues(settings, 0) == ["lab-cpu"]
     config = celery_config(Settings(broker_url="redis://127.0.0.1:6379/0"))
     assert config["worker_prefetch_multiplier"] == 1 and config["task_acks_late"]
     assert config["broker_transport_options"]["visibility_timeout"] >= 24 * 3600

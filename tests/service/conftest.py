@@ -86,8 +86,10 @@ def running_service(
     *,
     workers: int = 1,
     env_overrides: dict[str, str] | None = None,
+    gpus: list[str] | None = None,
 ) -> Iterator[Service]:
-    """`ganforge up` (API + worker processes) on `backend`: `embedded` or `postgres+redis`."""
+    """`ganforge up` (API + worker processes) on `backend`: `embedded` or `postgres+redis`;
+    with `gpus`, one worker per list (`--gpus 0,1 --gpus 2`)."""
     port = _free_port()
     env = {
         **os.environ,
@@ -120,6 +122,7 @@ def running_service(
                 "1",
                 "--workers",
                 str(workers),
+                *(arg for devices in gpus or [] for arg in ("--gpus", devices)),
             ],
             cwd=ROOT,
             env=env,

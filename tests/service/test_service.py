@@ -19,6 +19,7 @@ import numpy as np
 from app.queue import enqueue
 from app.settings import Settings
 from tests.service.conftest import ROOT, tiny_spec
+from trainer.spec import TrainSpec
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -96,7 +97,7 @@ def test_the_same_job_id_sent_twice_runs_once(service):
     )
     with service.client() as client:
         job_id = client.post("/api/jobs", json={"spec": tiny_spec(seed=2)}).json()["id"]
-        enqueue(settings, job_id, "cpu")  # a second delivery of the same id
+        enqueue(settings, job_id, TrainSpec())  # a second delivery of the same id
         job = service.wait_for(job_id, ("succeeded", "failed"))
         assert job["status"] == "succeeded" and job["attempt"] == 1
         # Both messages are consumed; the second found the job taken and did nothing.
