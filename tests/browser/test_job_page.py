@@ -111,9 +111,11 @@ def test_a_running_job_updates_its_charts_live_until_it_succeeds(page, live, tra
 
 
 def test_gallery_downloads_and_generation_of_a_finished_job(page, live, trained):
-    live.wait_for(trained, ("succeeded",))
+    job = live.wait_for(trained, ("succeeded",))
     _ready(page, trained)
     assert page.evaluate("window.gfJob.source") is None  # a finished job opens no stream
+    # Where it ran: the worker that held it, and no GPU on this machine.
+    assert f"(worker {job['worker']}, no GPU)" in page.locator("#job-attempt").inner_text()
 
     # The slider runs over every saved step; the latest is on show.
     slider = page.locator("#sample-slider")

@@ -149,6 +149,10 @@
       ? `Attempt ${attempt} (resumed ${attempt - 1} time${attempt > 2 ? "s" : ""}); the times are this attempt's.`
       : `Attempt ${attempt}.`;
     if (job.created_by) $("job-attempt").textContent += ` Submitted with the token “${job.created_by}”.`;
+    if (job.worker) {
+      const gpus = job.devices && job.devices.length ? `, GPUs ${job.devices.join(", ")}` : ", no GPU";
+      $("job-attempt").textContent += ` Ran on ${job.worker.split(":")[0]} (worker ${job.worker}${gpus}).`;
+    }
   }
 
   async function act(what) {
