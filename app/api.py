@@ -18,7 +18,7 @@ from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from app import jobs, queue, web
-from app.auth import CallerDep, authorize
+from app.auth import CallerDep, authorize, parse_env_tokens
 from app.db import make_engine
 from app.deps import SessionDep, SettingsDep, StoreDep, field_error, job_or_404, unprocessable
 from app.devices import device_report
@@ -275,6 +275,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # Every route passes app.auth.authorize: writes and downloads need a token once one exists.
     app = FastAPI(title="ganforge", version="0.1.0", dependencies=[Depends(authorize)])
     app.state.settings = settings
+    app.state.env_tokens = parse_env_tokens(settings.api_tokens)
     app.state.sessions = sessionmaker(engine, expire_on_commit=False)
     # Plain reads without BEGIN/ROLLBACK round trips.
     app.state.read_sessions = sessionmaker(

@@ -194,7 +194,7 @@ async def authorize(
     if not needs_token(request.method, request.scope.get("endpoint")):
         return Caller(None)
     token = presented_token(request, credentials)
-    env = parse_env_tokens(request.app.state.settings.api_tokens)
+    env = request.app.state.env_tokens  # GANFORGE_API_TOKENS, parsed once by create_app
     return await run_in_threadpool(_caller, request.app.state.sessions, token, env)
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import os
 import re
 import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -202,9 +201,7 @@ def _rank_main(
 
     # Rank 0 decides when to stop (Ctrl-C, SIGTERM, cancel) and stops every rank at the
     # same step; a rank whose parent died goes with it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    follow_parent()
     torch.set_num_threads(threads)
     spec = TrainSpec.model_validate_json(spec_json)
     rank = Rank(index + 1, spec.distributed.world_size)
@@ -255,17 +252,13 @@ def _child_error(children: Any) -> BaseException | None:
 _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b")
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent exits (prctl PR_SET_PDEATHSIG)."""
+def follow_parent() -> None:
+    """For a child whose parent decides when it stops: ignore SIGINT and SIGTERM (a Ctrl-C
+    reaches the whole process group; the parent passes the stop on), and on Linux get
+    SIGKILL when the parent exits (prctl PR_SET_PDEATHSIG), so no child outlives it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform != "linux":
         return
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-
-
-def worker_threads(world: int) -> int:
-    """Torch threads per rank on a CPU with `os.cpu_count()` cores."""
-    return max(1, (os.cpu_count() or 1) // world)
-
-
-Agreement = Callable[[bool], bool]

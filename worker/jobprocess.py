@@ -12,12 +12,9 @@ stop flags (`RunState.shared`); the job process reports how it ended through a p
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import os
-import signal
-import sys
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -28,6 +25,7 @@ import torch
 from sqlalchemy import Engine
 
 from app.store import ArtifactStore
+from trainer.distributed import follow_parent
 
 if TYPE_CHECKING:
     from worker.runner import RunState
@@ -117,9 +115,7 @@ def _job_main(
 
     # The worker decides when to stop (SIGTERM, Ctrl-C, cancel) and tells this process
     # through `state.stop`; if the worker dies, this process goes with it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    follow_parent()
     logging.basicConfig(
         level=logging.INFO, format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
     )
@@ -146,11 +142,3 @@ def _job_main(
         engine.dispose()
     send.send(outcome)
     send.close()
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when the worker exits (prctl PR_SET_PDEATHSIG)."""
-    if sys.platform != "linux":
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)

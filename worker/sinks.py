@@ -43,7 +43,19 @@ def leased_write(
     return retry_transient(attempt, within=retry_for, what=f"job {job_id}: write")
 
 
-class DatabaseMetrics:
+class _LeasedSink:
+    """What every service sink holds: the job, its lease owner, and how long a write rides
+    out a database outage; `_write(body)` is `leased_write` with those."""
+
+    def __init__(self, engine: Engine, job_id: str, owner: str, retry_for: float):
+        self.engine, self.job_id, self.owner = engine, job_id, owner
+        self.retry_for = retry_for
+
+    def _write(self, body: Callable[[Connection], T]) -> T:
+        return leased_write(self.engine, self.job_id, self.owner, self.retry_for, body)
+
+
+class DatabaseMetrics(_LeasedSink):
     """Buffers metric points and writes them in batches: when `max_points` are waiting or
     `max_delay` seconds have passed since the last write (so live charts stay live)."""
 
@@ -57,9 +69,8 @@ class DatabaseMetrics:
         max_delay: float = 1.0,
         retry_for: float = RETRY_FOR,
     ):
-        self.engine, self.job_id, self.owner = engine, job_id, owner
+        super().__init__(engine, job_id, owner, retry_for)
         self.max_points, self.max_delay = max_points, max_delay
-        self.retry_for = retry_for
         self.buffer: list[tuple[str, int, float | None]] = []
         self.flushed_at = time.monotonic()
         self.written = 0
@@ -79,19 +90,13 @@ class DatabaseMetrics:
         and are overwritten with the same values) loses no point and stores none twice."""
         if self.buffer:
             points = self.buffer
-            leased_write(
-                self.engine,
-                self.job_id,
-                self.owner,
-                self.retry_for,
-                lambda conn: insert_points(conn, self.job_id, points),
-            )
+            self._write(lambda conn: insert_points(conn, self.job_id, points))
             self.written += len(self.buffer)
             self.buffer = []
         self.flushed_at = time.monotonic()
 
 
-class StoreSamples:
+class StoreSamples(_LeasedSink):
     def __init__(
         self,
         engine: Engine,
@@ -100,8 +105,8 @@ class StoreSamples:
         owner: str,
         retry_for: float = RETRY_FOR,
     ):
-        self.engine, self.store, self.job_id, self.owner = engine, store, job_id, owner
-        self.retry_for = retry_for
+        super().__init__(engine, job_id, owner, retry_for)
+        self.store = store
 
     def write(self, step: int, png: bytes) -> None:
         path = self.store.sample_path(self.job_id, step)
@@ -111,10 +116,10 @@ class StoreSamples:
             conn.execute(delete(Sample).where(Sample.job_id == self.job_id, Sample.step == step))
             conn.execute(insert(Sample).values(job_id=self.job_id, step=step, path=path))
 
-        leased_write(self.engine, self.job_id, self.owner, self.retry_for, body)
+        self._write(body)
 
 
-class StoreCheckpoints:
+class StoreCheckpoints(_LeasedSink):
     """Checkpoints into the store with a row each. The metric buffer is written first, so a
     checkpoint at step S means every metric point up to S is stored: a run resumed from it
     (after its worker died) has no gap."""
@@ -128,8 +133,8 @@ class StoreCheckpoints:
         metrics: DatabaseMetrics | None = None,
         retry_for: float = RETRY_FOR,
     ):
-        self.engine, self.store, self.job_id, self.owner = engine, store, job_id, owner
-        self.metrics, self.retry_for = metrics, retry_for
+        super().__init__(engine, job_id, owner, retry_for)
+        self.store, self.metrics = store, metrics
 
     def write(self, checkpoint: Checkpoint) -> CheckpointRecord:
         if self.metrics is not None:
@@ -156,15 +161,14 @@ class StoreCheckpoints:
             )
             return record
 
-        return leased_write(self.engine, self.job_id, self.owner, self.retry_for, body)
+        return self._write(body)
 
 
-class JobWarnings:
+class JobWarnings(_LeasedSink):
     """Appends run-time warnings (e.g. the first leak the audit saw) to the job's list."""
 
     def __init__(self, engine: Engine, job_id: str, owner: str, retry_for: float = RETRY_FOR):
-        self.engine, self.job_id, self.owner = engine, job_id, owner
-        self.retry_for = retry_for
+        super().__init__(engine, job_id, owner, retry_for)
 
     def write(self, step: int, message: str) -> None:
         def body(conn: Connection) -> None:
@@ -174,7 +178,7 @@ class JobWarnings:
                     update(Job).where(Job.id == self.job_id).values(warnings=[*current, message])
                 )
 
-        leased_write(self.engine, self.job_id, self.owner, self.retry_for, body)
+        self._write(body)
 
 
 def service_sinks(

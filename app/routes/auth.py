@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
-from app.auth import bearer, parse_env_tokens, presented_token, whoami
+from app.auth import bearer, presented_token, whoami
 
 router = APIRouter(prefix="/api")
 
@@ -27,5 +27,5 @@ async def auth_status(
 ) -> AuthOut:
     """Checks the token in `Authorization: Bearer` (or the dashboard's cookie); never 401."""
     token = presented_token(request, credentials)
-    env = parse_env_tokens(request.app.state.settings.api_tokens)
+    env = request.app.state.env_tokens
     return AuthOut(**await run_in_threadpool(whoami, request.app.state.sessions, token, env))

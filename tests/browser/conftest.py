@@ -103,12 +103,18 @@ def watch(page: Any, base_url: str) -> PageWatch:
 @pytest.fixture
 def page(browser: Any, live: Service, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A fresh 1366x768 page on the live service; fails the test on any page problem."""
+    yield from watched_page(browser, live, request)
+
+
+def watched_page(browser: Any, service: Service, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The body of a page fixture on `service`: a fresh 1366x768 page, watched; on teardown
+    a screenshot if the test failed, and a failure for any page problem."""
     context = browser.new_context(
-        base_url=live.url, viewport={"width": 1366, "height": 768}, accept_downloads=True
+        base_url=service.url, viewport={"width": 1366, "height": 768}, accept_downloads=True
     )
     page = context.new_page()
     page.set_default_timeout(15_000)
-    page.watch = watch(page, live.url)
+    page.watch = watch(page, service.url)
     yield page
     problems = list(page.watch.problems)
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:

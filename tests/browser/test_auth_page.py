@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import screenshot, watch
+from tests.browser.conftest import screenshot, watched_page
 from tests.browser.test_new_job_page import JOB_URL, _open, _set_editor, _valid
 from tests.service.conftest import ROOT, Service, running_service, tiny_spec
 
@@ -56,18 +56,10 @@ def locked(tmp_path_factory) -> Iterator[tuple[Service, str, str]]:
 
 
 @pytest.fixture
-def locked_page(browser: Any, locked: tuple[Service, str, str]) -> Iterator[Any]:
-    service = locked[0]
-    context = browser.new_context(
-        base_url=service.url, viewport={"width": 1366, "height": 768}, accept_downloads=True
-    )
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    page.watch = watch(page, service.url)
-    yield page
-    problems = list(page.watch.problems)
-    context.close()
-    assert not problems, "problems on the page:\n" + "\n".join(problems)
+def locked_page(
+    browser: Any, locked: tuple[Service, str, str], request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    yield from watched_page(browser, locked[0], request)
 
 
 def _job_id(service: Service) -> str:
