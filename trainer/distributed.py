@@ -55,6 +55,11 @@ class Rank:
     def distributed(self) -> bool:
         return self.world > 1
 
+    @property
+    def writes(self) -> bool:
+        """Rank 0 alone evaluates and writes metrics, samples, checkpoints and warnings."""
+        return self.rank == 0
+
 
 def backend_for(spec: TrainSpec, device: torch.device) -> str:
     if spec.distributed.backend != "auto":

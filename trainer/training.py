@@ -143,8 +143,8 @@ class Trainer:
         )
         self.step = 0
         self.leak_warned = False
-        writer = self.rank.rank == 0
-        self._evaluator = _make_evaluator(spec, self.dataset) if evaluate and writer else None
+        wanted = evaluate and self.rank.writes
+        self._evaluator = _make_evaluator(spec, self.dataset) if wanted else None
 
     # ---- sampling -------------------------------------------------------------------
 
@@ -248,7 +248,7 @@ class Trainer:
         the same step, and only rank 0 writes metrics, samples, checkpoints and warnings.
         """
         spec, every = self.spec, self.spec.every
-        writer = self.rank.rank == 0
+        writer = self.rank.writes
         result = TrainResult("succeeded", self.step)
         tick, ticked_at, busy = time.perf_counter(), self.step, 0.0
         while self.step < spec.steps:
