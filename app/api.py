@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Connection, CursorResult, Engine, delete, select, text, tuple_, update
@@ -18,10 +19,11 @@ from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from app import jobs, queue, web
-from app.auth import CallerDep, authorize, parse_env_tokens
+from app.auth import CallerDep, authorize, parse_env_tokens, tokens_exist
 from app.db import make_engine
 from app.deps import SessionDep, SettingsDep, StoreDep, field_error, job_or_404, unprocessable
 from app.devices import device_report
+from app.hostguard import BrowserGuard, HostPolicy
 from app.models import JOB_STATUSES, Job, JobTag, utcnow
 from app.routes import artifacts, datasets, events, metrics, monitoring, specs
 from app.routes import auth as auth_routes
@@ -288,5 +290,28 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     for module in (metrics, artifacts, datasets, events, monitoring, specs, auth_routes):
         app.include_router(module.router)
     web.mount(app)
-
+    app.add_middleware(
+        BrowserGuard,
+        policy=HostPolicy.parse(settings.allowed_hosts),
+        tokens_on=_tokens_on(app.state.sessions, app.state.env_tokens),
+    )
     return app
+
+
+def _tokens_on(
+    factory: sessionmaker[Session], env: list[tuple[str, str]]
+) -> Callable[[], Awaitable[bool]]:
+    """Whether API tokens exist; once they do they always will (a revoked token keeps its
+    row), so a yes is remembered."""
+    known = bool(env)
+
+    def ask() -> bool:
+        with factory() as session:
+            return tokens_exist(session, env)
+
+    async def tokens_on() -> bool:
+        nonlocal known
+        known = known or await run_in_threadpool(ask)
+        return known
+
+    return tokens_on

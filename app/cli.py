@@ -134,15 +134,27 @@ def _stamp(value: object) -> str:
 
 
 def refuse_exposure(host: str, insecure: bool) -> None:
-    """Exit when the API would listen beyond this machine with no token to guard it."""
+    """Exit when the API would listen beyond this machine with no token to guard it, or
+    would answer any `Host` (GANFORGE_ALLOWED_HOSTS=*) with no token."""
     from app.auth import is_loopback, parse_env_tokens, tokens_exist
+    from app.hostguard import SETTING, HostPolicy
     from app.settings import get_settings
 
-    if insecure or is_loopback(host):
+    settings = get_settings()
+    any_host = HostPolicy.parse(settings.allowed_hosts).any_host
+    if not any_host and (insecure or is_loopback(host)):
         return
     with _migrated_engine().connect() as conn:
-        if tokens_exist(conn, parse_env_tokens(get_settings().api_tokens)):
+        if tokens_exist(conn, parse_env_tokens(settings.api_tokens)):
             return
+    if any_host:
+        typer.echo(
+            f"error: {SETTING}=*: any web page could reach the API by a name of its own, and "
+            "no API token exists. Make one first (`ganforge token create NAME`), or list the "
+            "names the server is reached by.",
+            err=True,
+        )
+        raise typer.Exit(2)
     typer.echo(
         f"error: --host {host}: anyone who can reach this address could submit jobs and "
         "download artifacts, and no API token exists. Make one first (`ganforge token "
@@ -150,6 +162,21 @@ def refuse_exposure(host: str, insecure: bool) -> None:
         err=True,
     )
     raise typer.Exit(2)
+
+
+def serve_own_names(host: str) -> None:
+    """Add the names a non-loopback `--host` is reached by to GANFORGE_ALLOWED_HOSTS, for the
+    API this process (or its children) serves; loopback names are always served."""
+    from app.auth import is_loopback
+    from app.hostguard import SETTING, HostPolicy, merged_setting, own_names
+    from app.settings import get_settings
+
+    if is_loopback(host):
+        return
+    os.environ[SETTING] = merged_setting(os.environ.get(SETTING, ""), own_names(host))
+    get_settings.cache_clear()
+    served = HostPolicy.parse(os.environ[SETTING]).describe()
+    typer.echo(f"serving Host names: {served} (more: {SETTING})", err=True)
 
 
 @app.command()
@@ -165,6 +192,7 @@ def api(
     if migrate:
         upgrade_database("head")
     refuse_exposure(host, insecure)
+    serve_own_names(host)
     uvicorn.run("app.api:create_app", factory=True, host=host, port=port)
 
 

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # comma-separated `NAME=TOKEN` or `NAME=sha256:HEX` (the token's SHA-256, so the secret
     # need not be in the environment). Any token, here or in the table, turns auth on.
     api_tokens: str = ""
+    # Browser-facing safety (app/hostguard.py): the `Host` names served besides localhost,
+    # 127.0.0.1 and [::1], comma-separated (`gan.example.com`, `*.example.com`; `*` only with
+    # tokens on). `ganforge api|up --host ADDR` adds the names it is reached by itself.
+    allowed_hosts: str = ""
 
     @field_validator("api_tokens")
     @classmethod
@@ -57,6 +61,14 @@ class Settings(BaseSettings):
         from app.auth import parse_env_tokens
 
         parse_env_tokens(value)  # a ValueError names the entry
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts_parse(cls, value: str) -> str:
+        from app.hostguard import HostPolicy
+
+        HostPolicy.parse(value)  # a ValueError names the entry
         return value
 
     @property

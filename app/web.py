@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from app.deps import SessionDep
+from app.hostguard import DASHBOARD_CSP
 from app.models import JOB_STATUSES, Job
 
 HERE = Path(__file__).resolve().parent
@@ -28,7 +29,10 @@ router = APIRouter(include_in_schema=False)
 
 def page(request: Request, name: str, title: str, **context: Any) -> HTMLResponse:
     return templates.TemplateResponse(
-        request, name, {"title": title, "statuses": JOB_STATUSES, **context}
+        request,
+        name,
+        {"title": title, "statuses": JOB_STATUSES, **context},
+        headers={"Content-Security-Policy": DASHBOARD_CSP},
     )
 
 

@@ -227,7 +227,8 @@ def run_backend(label: str, url: str, args: argparse.Namespace) -> dict[str, obj
         with (
             tempfile.TemporaryDirectory() as artifacts,
             TestClient(
-                create_app(Settings(database_url=url, artifact_dir=Path(artifacts)), engine)
+                create_app(Settings(database_url=url, artifact_dir=Path(artifacts)), engine),
+                base_url="http://localhost",
             ) as client,
         ):
             path = f"/api/jobs/{job_id}/metrics"

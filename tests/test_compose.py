@@ -441,3 +441,17 @@ def test_dockerignore_keeps_local_state_out() -> None:
     # Nothing the Dockerfile copies is ignored.
     for source in ("pyproject.toml", "README.md", "migrations", "trainer", "worker", "app"):
         assert source not in patterns
+
+
+def test_the_api_serves_its_service_name_and_the_names_from_env() -> None:
+    from app.hostguard import HostPolicy
+
+    default = _resolved()["services"]["api"]["environment"]["GANFORGE_ALLOWED_HOSTS"]
+    assert HostPolicy.parse(default).listed("api")
+    named = _resolved(env={"GANFORGE_ALLOWED_HOSTS": "gan.example.com,*.lab.example"})
+    policy = HostPolicy.parse(named["services"]["api"]["environment"]["GANFORGE_ALLOWED_HOSTS"])
+    assert all(policy.listed(n) for n in ("api", "gan.example.com", "a.lab.example"))
+    assert not policy.listed("evil.example")
+    # The health check asks by 127.0.0.1, which a loopback name always serves.
+    healthcheck = " ".join(named["services"]["api"]["healthcheck"]["test"])
+    assert "http://127.0.0.1:8000/" in healthcheck

@@ -59,6 +59,6 @@ def client(database_url: str, tmp_path) -> Iterator[TestClient]:
         broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
         artifact_dir=tmp_path / "artifacts",
     )
-    with TestClient(create_app(settings, engine)) as test_client:
+    with TestClient(create_app(settings, engine), base_url="http://localhost") as test_client:
         yield test_client
     engine.dispose()

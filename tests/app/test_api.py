@@ -95,7 +95,7 @@ def test_health_is_503_naming_an_unreachable_broker(database_url, tmp_path):
         artifact_dir=tmp_path / "artifacts",
     )
     engine = make_engine(database_url)
-    with TestClient(create_app(settings, engine)) as client:
+    with TestClient(create_app(settings, engine), base_url="http://localhost") as client:
         answer = client.get("/api/health")
         body = answer.json()
         assert answer.status_code == 503 and body["status"] == "degraded"
@@ -157,7 +157,7 @@ def test_specs_beyond_the_servers_resource_limits_are_a_422_naming_the_field(
         max_width=64,
     )
     engine = make_engine(database_url)
-    with TestClient(create_app(settings, engine)) as client:
+    with TestClient(create_app(settings, engine), base_url="http://localhost") as client:
         spec = {"steps": 5000, "model": {"width": 128}}
         for path in ("/api/jobs", "/api/specs/validate"):
             answer = client.post(path, json={"spec": spec})

@@ -333,7 +333,7 @@ def test_tokens_from_the_environment(tmp_path: Path) -> None:
         api_tokens=f"deploy={plain}, ops=sha256:{hashed}",
     )
     engine = make_engine(url)
-    with TestClient(create_app(settings, engine)) as client:
+    with TestClient(create_app(settings, engine), base_url="http://localhost") as client:
         spec = {"spec": SPEC.model_dump(mode="json")}
         assert client.get("/api/auth").json()["required"] is True
         assert client.post("/api/jobs", json=spec).status_code == 401

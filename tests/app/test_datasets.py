@@ -74,7 +74,7 @@ def small_client(database_url: str, tmp_path: Path) -> Iterator[TestClient]:
         artifact_dir=tmp_path / "artifacts",
         max_upload_bytes=SMALL_LIMIT,
     )
-    with TestClient(create_app(settings, engine)) as test_client:
+    with TestClient(create_app(settings, engine), base_url="http://localhost") as test_client:
         yield test_client
     engine.dispose()
 

@@ -26,6 +26,7 @@ _APP = create_app(
         database_url=_URL,
         broker_url=f"sqla+sqlite:///{_ROOT / 'broker.db'}",
         artifact_dir=_ROOT / "artifacts",
+        allowed_hosts="testserver",  # the name schemathesis's ASGI client sends
     ),
     make_engine(_URL),
 )

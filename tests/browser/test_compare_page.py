@@ -159,7 +159,7 @@ def test_bad_links_show_a_message(page, live, two_jobs):
 
 def test_labels_use_the_last_segment_only_when_unambiguous(page, live):
     page.goto("/compare")
-    page.wait_for_function("typeof compare === 'object'")
+    page.wait_for_function("() => typeof compare === 'object'")
     labels = page.evaluate(
         """() => {
           const jobs = [

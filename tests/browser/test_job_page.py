@@ -129,7 +129,7 @@ def test_gallery_downloads_and_generation_of_a_finished_job(page, live, trained)
     page.keyboard.press("ArrowRight")
     assert page.locator("#sample-step-label").inner_text() == "step 200"
     assert slider.get_attribute("aria-valuetext") == "step 200"
-    page.wait_for_function("document.getElementById('sample-img').naturalWidth > 0")
+    page.wait_for_function("() => document.getElementById('sample-img').naturalWidth > 0")
 
     # The large view opens from the keyboard and closes with Escape.
     page.locator("#sample-open").focus()
@@ -137,7 +137,7 @@ def test_gallery_downloads_and_generation_of_a_finished_job(page, live, trained)
     dialog = page.locator("#sample-dialog")
     assert dialog.is_visible()
     assert page.locator("#sample-dialog-title").inner_text() == "Samples at step 200"
-    page.wait_for_function("document.getElementById('sample-dialog-img').naturalWidth > 0")
+    page.wait_for_function("() => document.getElementById('sample-dialog-img').naturalWidth > 0")
     page.keyboard.press("ArrowRight")
     assert page.locator("#sample-dialog-title").inner_text() == "Samples at step 300"
     page.keyboard.press("Escape")
@@ -179,7 +179,7 @@ def test_gallery_downloads_and_generation_of_a_finished_job(page, live, trained)
     page.get_by_label("Format", exact=True).select_option("png")
     page.get_by_label("Checkpoint", exact=True).select_option("")
     page.get_by_role("button", name="Generate").click()
-    page.wait_for_function("document.querySelector('#gen-result img')?.naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('#gen-result img')?.naturalWidth > 0")
     link = page.locator("#gen-result a[download]")
     assert link.get_attribute("download") == f"{trained}-step_600-seed_3.png"
     with page.expect_download() as png:
