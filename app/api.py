@@ -31,6 +31,7 @@ from app.schemas import JobCreate, JobOut, JobPage
 from app.settings import Settings, get_settings
 from app.speccheck import service_problems
 from app.store import ArtifactStore
+from trainer.errors import first_line
 from trainer.spec import describe_error
 
 router = APIRouter(prefix="/api")
@@ -78,12 +79,8 @@ def create_job(
     except Exception as exc:  # noqa: BLE001 - no job may sit in the table without a message
         session.delete(job)
         session.commit()
-        raise HTTPException(503, f"broker: cannot queue the job: {_first_line(exc)}") from None
+        raise HTTPException(503, f"broker: cannot queue the job: {first_line(exc)}") from None
     return JobOut.model_validate(job)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 @router.get("/jobs")
@@ -148,10 +145,10 @@ def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobOu
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "queued")
-            .values(status="failed", error=f"broker: cannot queue the job: {_first_line(exc)}")
+            .values(status="failed", error=f"broker: cannot queue the job: {first_line(exc)}")
         )
         session.commit()
-        raise HTTPException(503, f"broker: cannot queue the job: {_first_line(exc)}") from None
+        raise HTTPException(503, f"broker: cannot queue the job: {first_line(exc)}") from None
     return _fresh(session, job_id)
 
 
@@ -197,12 +194,12 @@ def health(session: SessionDep, settings: SettingsDep) -> JSONResponse:
         report = device_report(session.connection(), settings)
         hosts = {host: entry.summary() for host, entry in report.items()}
     except Exception as exc:  # noqa: BLE001 - any failure means unreachable
-        database = f"unreachable: {_first_line(exc)}"
+        database = f"unreachable: {first_line(exc)}"
     try:
         queue.ping(settings)
         broker = "ok"
     except Exception as exc:  # noqa: BLE001
-        broker = f"unreachable: {_first_line(exc)}"
+        broker = f"unreachable: {first_line(exc)}"
     ok = database == broker == "ok"
     return JSONResponse(
         {

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from trainer.cli import app
+from trainer.errors import first_line
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -44,7 +45,7 @@ def upgrade_database(revision: str = "head") -> None:
     try:
         run_upgrade(url, revision)
     except (SQLAlchemyError, CommandError) as exc:
-        typer.echo(f"error: database: {str(exc).splitlines()[0]}", err=True)
+        typer.echo(f"error: database: {first_line(exc)}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"database at revision {revision}: {_redacted(url)}")
 
@@ -122,7 +123,7 @@ def _migrated_engine() -> Engine:
     try:
         run_upgrade(url, "head")
     except SQLAlchemyError as exc:
-        typer.echo(f"error: database: {str(exc).splitlines()[0]}", err=True)
+        typer.echo(f"error: database: {first_line(exc)}", err=True)
         raise typer.Exit(1) from None
     return make_engine(url)
 

@@ -15,6 +15,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from trainer.errors import first_line
+
 log = logging.getLogger("ganforge.db")
 T = TypeVar("T")
 
@@ -76,10 +78,6 @@ def retry_transient(attempt: Callable[[], T], *, within: float, what: str) -> T:
             log.warning("%s: database unreachable, retrying: %s", what, first_line(exc))
             time.sleep(pause)
             pause = min(2 * pause, 2.0)
-
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def alembic_config(url: str) -> Config:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -24,6 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
+
+from trainer.checkpoint import atomic_write
 
 EVAL_SAMPLES = 2500  # generated samples per evaluation (PacGAN uses 2,500)
 
@@ -250,8 +251,8 @@ class DigitsEvaluator:
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
             # Weights first, sidecar last: a reader never sees a sidecar whose file is missing.
-            _write_atomically(weights_path, data)
-            _write_atomically(sidecar_path, json.dumps(sidecar, indent=2).encode())
+            atomic_write(weights_path, data)
+            atomic_write(sidecar_path, json.dumps(sidecar, indent=2).encode())
         except OSError:
             pass  # read-only or full disk: evaluate anyway, retrain next process
         return evaluator
@@ -292,17 +293,3 @@ class DigitsEvaluator:
             self.real_cov.numpy(),
         )
         return {"eval/classifier_score": score, "eval/fcd": fcd}
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, then rename over `path`."""
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise

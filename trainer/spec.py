@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainer.errors import first_line
 from trainer.leaks import leaking_networks
 
 Order = Literal["d_first", "g_first", "simultaneous"]
@@ -338,6 +339,5 @@ def load_spec(path: str | Path) -> TrainSpec:
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SpecError([f"spec: {path} is not valid YAML/JSON: {first}"]) from None
+        raise SpecError([f"spec: {path} is not valid YAML/JSON: {first_line(exc)}"]) from None
     return parse_spec(raw)

@@ -17,12 +17,13 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy import Engine, select, update
 
-from app.db import first_line, is_transient, make_engine
+from app.db import is_transient, make_engine
 from app.models import Job, utcnow
 from app.queue import RUN_JOB, make_celery, send, stored_queue
 from app.reconcile import reconcile
 from app.settings import get_settings
 from app.store import ArtifactStore
+from trainer.errors import first_line
 from worker.claim import BUSY
 from worker.node import Node, Presence
 from worker.runner import run_job as run_job_now

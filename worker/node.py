@@ -15,9 +15,9 @@ from datetime import timedelta
 from sqlalchemy import Engine
 
 from app import devices
-from app.db import first_line
 from app.models import utcnow
 from app.settings import Settings
+from trainer.errors import first_line
 from trainer.spec import TrainSpec
 
 log = logging.getLogger("ganforge.worker")

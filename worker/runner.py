@@ -28,13 +28,14 @@ from sqlalchemy.orm import Session
 
 from app import devices, jobs
 from app.datasets import resolve_dataset_path
-from app.db import first_line, is_transient, retry_transient
+from app.db import is_transient, retry_transient
 from app.models import Checkpoint as CheckpointRow
 from app.models import Job
 from app.store import ArtifactStore
 from trainer.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from trainer.data import DataError
 from trainer.distributed import ranks
+from trainer.errors import first_line
 from trainer.spec import TrainSpec
 from trainer.training import Trainer, TrainingDiverged
 from worker.claim import BUSY, Claim, claim_when_free
@@ -221,9 +222,8 @@ def attempt(
         return "failed", str(exc)
     except (torch.OutOfMemoryError, MemoryError) as exc:
         where = "GPU" if isinstance(exc, torch.OutOfMemoryError) else "host"
-        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
         log.error("job %s ran out of memory", job_id)
-        return "failed", f"out of memory ({where}) at step {state.step}: {detail}"
+        return "failed", f"out of memory ({where}) at step {state.step}: {first_line(exc)}"
     except Exception as exc:  # noqa: BLE001 - any failure is recorded on the job
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
         return "failed", f"{type(exc).__name__}: {exc}"

@@ -50,6 +50,7 @@ from app.models import Checkpoint, Sample
 from app.store import ArtifactStore, StoreError
 from trainer.checkpoint import CheckpointError, read_checkpoint
 from trainer.data import DataError, load_dataset
+from trainer.errors import first_line
 from trainer.generate import MAX_GENERATE, load_generator, npy_bytes
 from trainer.spec import TrainSpec
 from trainer.training import SCATTER_POINTS, generate_from
@@ -373,8 +374,9 @@ def _load(full: Path, sha256: str) -> _Loaded:
         generator, spec, shape = load_generator(ckpt)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         # CheckpointError is a ValueError; RuntimeError: tensors that do not fit the model.
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"checkpoint: cannot build its generator: {reason}") from None
+        raise CheckpointError(
+            f"checkpoint: cannot build its generator: {first_line(exc)}"
+        ) from None
     generator.eval()
     loaded = _Loaded(generator, spec, shape, ckpt.step)
     with _cache_lock:

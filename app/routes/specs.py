@@ -21,6 +21,7 @@ from app.auth import public
 from app.deps import SessionDep, SettingsDep, field_error
 from app.presets import Preset, presets
 from app.speccheck import service_problems
+from trainer.errors import first_line
 from trainer.leaks import leaking_networks
 from trainer.spec import TrainSpec, describe_error
 
@@ -87,8 +88,7 @@ def _yaml_problem(exc: Exception) -> str:
         return f"not valid YAML/JSON: {context}{problem}{where}"
     if isinstance(exc, RecursionError):
         return "not valid YAML/JSON: nested too deeply"
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return f"not valid YAML/JSON: {first}"
+    return f"not valid YAML/JSON: {first_line(exc)}"
 
 
 def _load_yaml(text: str) -> Any:
