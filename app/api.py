@@ -24,7 +24,7 @@ from app.db import make_engine
 from app.deps import SessionDep, SettingsDep, StoreDep, field_error, job_or_404, unprocessable
 from app.devices import device_report
 from app.hostguard import BrowserGuard, HostPolicy
-from app.models import JOB_STATUSES, Job, JobTag, utcnow
+from app.models import FINISHED, JOB_STATUSES, Job, JobTag, utcnow
 from app.routes import artifacts, datasets, events, metrics, monitoring, specs
 from app.routes import auth as auth_routes
 from app.schemas import JobCreate, JobOut, JobPage
@@ -156,7 +156,7 @@ def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobOu
 def delete_job(job_id: str, session: SessionDep, store: StoreDep) -> Response:
     """Remove a finished job with its metrics, samples and checkpoints."""
     job_or_404(session, job_id)
-    result = session.execute(delete(Job).where(Job.id == job_id, Job.status.in_(jobs.FINISHED)))
+    result = session.execute(delete(Job).where(Job.id == job_id, Job.status.in_(FINISHED)))
     gone = cast(CursorResult[Any], result).rowcount
     session.commit()
     if gone != 1:

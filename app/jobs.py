@@ -18,11 +18,9 @@ from typing import Any
 from sqlalchemy import Connection, delete, select, update
 
 from app import devices as device_leases
-from app.models import Checkpoint, Job, MetricPoint, Sample, utcnow
+from app.models import FINISHED, Checkpoint, Job, MetricPoint, Sample, utcnow
 
 LEASE = timedelta(seconds=60)
-FINISHED = ("cancelled", "succeeded", "failed")
-ACTIVE = ("queued", "running", "cancelling")
 
 
 class LeaseLost(RuntimeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -23,7 +24,23 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-JOB_STATUSES = ("queued", "running", "cancelling", "cancelled", "succeeded", "failed")
+
+class JobStatus(StrEnum):
+    """A job's status (DESIGN.md section 5). Members are strings: they compare equal to, and
+    store and serialize as, their values."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+JOB_STATUSES = tuple(JobStatus)
+# A finished job is never picked up again (only `resume` requeues it); an active one may be.
+FINISHED = (JobStatus.CANCELLED, JobStatus.SUCCEEDED, JobStatus.FAILED)
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
 
 # Stable constraint names, so migrations can alter and drop them on every backend.
 NAMING_CONVENTION = {

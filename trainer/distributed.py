@@ -14,12 +14,9 @@ micro-batches does, and a checkpoint resumes with any world size.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import re
 import shutil
-import signal
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +30,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
+from trainer.processes import follow_parent
 from trainer.spec import TrainSpec
 
 # A rank that waits longer than this on a collective gives up. A peer that dies closes its
@@ -255,15 +253,3 @@ def _child_error(children: Any) -> BaseException | None:
 
 
 _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b")
-
-
-def follow_parent() -> None:
-    """For a child whose parent decides when it stops: ignore SIGINT and SIGTERM (a Ctrl-C
-    reaches the whole process group; the parent passes the stop on), and on Linux get
-    SIGKILL when the parent exits (prctl PR_SET_PDEATHSIG), so no child outlives it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if sys.platform != "linux":
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)

@@ -25,7 +25,7 @@ import torch
 from sqlalchemy import Engine
 
 from app.store import ArtifactStore
-from trainer.distributed import follow_parent
+from trainer.processes import follow_parent
 
 if TYPE_CHECKING:
     from worker.runner import RunState

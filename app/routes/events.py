@@ -30,8 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import SessionDep, job_or_404
-from app.jobs import FINISHED
-from app.models import Job, MetricPoint, Sample
+from app.models import FINISHED, Job, MetricPoint, Sample
 from app.schemas import JobOut
 
 router = APIRouter(prefix="/api")
