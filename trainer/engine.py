@@ -14,7 +14,7 @@ feeds both losses and each network takes the gradient of its own loss only.
 The effective batch of a cycle (real data, noise, penalty mixing weights) is drawn once from
 the engine's generator and split into micro-batches, so accumulation is exact.
 
-With `distributed.world_size: W` (DDP, trainer.distributed) every rank draws the same
+With `distributed.world_size: W` (DDP, trainer.ddp) every rank draws the same
 effective batch, splits it into W*k micro-batches and takes its own k. A network's gradient
 is averaged over the ranks once per optimizer step: its first k-1 micro-batches run under
 DDP's `no_sync`, and in the last one the network's first forward goes through its DDP
@@ -40,7 +40,7 @@ from torch import nn
 from trainer import losses
 from trainer.audit import LeakAudit, total_norm
 from trainer.data import Dataset
-from trainer.distributed import Rank, average_
+from trainer.ddp import Rank, average_, no_sync
 from trainer.models import has_spectral_norm, refresh_spectral_norm
 from trainer.spec import TrainSpec
 
@@ -221,18 +221,8 @@ class StepEngine:
 
     def _synced(self, net: str) -> nn.Module:
         """The module for `net`'s first forward of a micro-batch: its DDP wrapper, which
-        arms the reducer for the coming backward unless under `_no_sync`; else itself."""
+        arms the reducer for the coming backward unless under `no_sync`; else itself."""
         return self.modules[net] if self.ddp is None else self.ddp[net]
-
-    def _no_sync(
-        self, nets: tuple[str, ...], sync: bool
-    ) -> contextlib.AbstractContextManager[None]:
-        """DDP's no_sync for `nets`, unless this micro-batch's backward is to sync them."""
-        stack = contextlib.ExitStack()
-        if self.ddp is not None and not sync:
-            for net in nets:
-                stack.enter_context(self.ddp[net].no_sync())
-        return stack
 
     def _sync_probe(self, net: str) -> None:
         """Average `net`'s accumulated `.grad` over the ranks now: one DDP forward of a tiny
@@ -268,12 +258,12 @@ class StepEngine:
         mb: CycleBatch,
         fake: torch.Tensor,
         stats: StepStats | None,
-        d_first: nn.Module | None = None,
+        first_d_module: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """D's loss (with penalty) and the fake logits of one micro-batch; `d_first` runs
-        D's first forward (the real batch): the DDP wrapper when this pass is to sync D."""
+        """D's loss (with penalty) and the fake logits of one micro-batch; `first_d_module`
+        runs D's first forward (the real batch): the DDP wrapper when this pass is to sync D."""
         assert mb.real is not None
-        real_logits = (d_first or self.discriminator)(mb.real)
+        real_logits = (first_d_module or self.discriminator)(mb.real)
         fake_logits = self.discriminator(fake)
         adv = losses.d_loss(self.spec.loss.kind, real_logits, fake_logits)
         pen = None
@@ -317,14 +307,14 @@ class StepEngine:
         self._forget_d_stats(stats)
         detach = self.isolation != "none"
         for mb, sync in self._micro_batches(batch):
-            with self._no_sync(("d",), sync):
+            with no_sync(self.ddp, ("d",), sync):
                 with self._autocast():
                     if detach:
                         with torch.no_grad():
                             fake = self.generator(mb.noise)
                     else:
                         fake = self.generator(mb.noise)  # G's gradient here is a leak
-                    loss, _ = self._d_loss(mb, fake, stats, self._synced("d"))
+                    loss, _ = self._d_loss(mb, fake, stats, first_d_module=self._synced("d"))
                 self._backward(loss, "d")
         self._step("d", stats)
 
@@ -334,7 +324,7 @@ class StepEngine:
         batch = self._draw(real=False)
         freeze = self.isolation == "freeze"
         for mb, sync in self._micro_batches(batch):
-            with self._no_sync(("g",), sync), self._d_frozen(freeze):
+            with no_sync(self.ddp, ("g",), sync), self._d_frozen(freeze):
                 with self._autocast():
                     fake = self._synced("g")(mb.noise)
                     fake_logits = self.discriminator(fake)  # D's reducer stays out of it
@@ -357,10 +347,12 @@ class StepEngine:
         # networks, so every micro-batch accumulates locally and a probe syncs afterwards.
         probe = self.ddp is not None and not self._own_grads_only
         for mb, sync in self._micro_batches(batch):
-            with self._no_sync(("d", "g"), sync and not probe):
+            with no_sync(self.ddp, ("d", "g"), sync and not probe):
                 with self._autocast():
                     fake = self._synced("g")(mb.noise)  # one G forward feeds both losses
-                    loss_d, fake_logits = self._d_loss(mb, fake, stats, self._synced("d"))
+                    loss_d, fake_logits = self._d_loss(
+                        mb, fake, stats, first_d_module=self._synced("d")
+                    )
                     loss_g = losses.g_loss(self.spec.loss.kind, fake_logits)
                 self._backward(loss_d, "d", retain=True)
                 self._backward(loss_g, "g")

@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from trainer import checkpoint as ckpt_io
 from trainer.checkpoint import Checkpoint, CheckpointError, CheckpointRecord
 from trainer.data import Dataset, check_model_fits, load_dataset
-from trainer.distributed import AllReduceCounter, Rank, any_rank, rank_device, wrap
+from trainer.ddp import AllReduceCounter, Rank, any_rank, rank_device, wrap
 from trainer.engine import StepEngine
 from trainer.models import build_models
 from trainer.sinks import Sinks
