@@ -55,7 +55,7 @@ def token_create(
     name: str = typer.Argument(..., help="who or what uses it (e.g. alice, ci); never reused"),
 ) -> None:
     """Make a token and print it once; only its SHA-256 is stored."""
-    from app.auth import TokenError, create_token
+    from app.tokens import TokenError, create_token
 
     engine = _migrated_engine()
     try:
@@ -77,9 +77,9 @@ def token_list() -> None:
     """Tokens by name, with when they were made, last used and revoked (never the secret)."""
     from sqlalchemy import select
 
-    from app.auth import parse_env_tokens
     from app.models import ApiToken
     from app.settings import get_settings
+    from app.tokens import parse_env_tokens
 
     engine = _migrated_engine()
     with engine.connect() as conn:
@@ -101,7 +101,7 @@ def token_list() -> None:
 @token.command("revoke")
 def token_revoke(name: str = typer.Argument(..., help="the token's name")) -> None:
     """Refuse a token from now on. The API stays protected even when none is left valid."""
-    from app.auth import revoke_token
+    from app.tokens import revoke_token
 
     engine = _migrated_engine()
     with engine.begin() as conn:
@@ -137,9 +137,9 @@ def _stamp(value: object) -> str:
 def refuse_exposure(host: str, insecure: bool) -> None:
     """Exit when the API would listen beyond this machine with no token to guard it, or
     would answer any `Host` (GANFORGE_ALLOWED_HOSTS=*) with no token."""
-    from app.auth import is_loopback, parse_env_tokens, tokens_exist
-    from app.hostguard import SETTING, HostPolicy
+    from app.hostguard import SETTING, HostPolicy, is_loopback
     from app.settings import get_settings
+    from app.tokens import parse_env_tokens, tokens_exist
 
     settings = get_settings()
     any_host = HostPolicy.parse(settings.allowed_hosts).any_host
@@ -168,8 +168,7 @@ def refuse_exposure(host: str, insecure: bool) -> None:
 def serve_own_names(host: str) -> None:
     """Add the names a non-loopback `--host` is reached by to GANFORGE_ALLOWED_HOSTS, for the
     API this process (or its children) serves; loopback names are always served."""
-    from app.auth import is_loopback
-    from app.hostguard import SETTING, HostPolicy, merged_setting, own_names
+    from app.hostguard import SETTING, HostPolicy, is_loopback, merged_setting, own_names
     from app.settings import get_settings
 
     if is_loopback(host):
@@ -290,13 +289,14 @@ def up(
             )
             raise typer.Exit(2)
         workers = len(lists)
+    upgrade_database("head")
+    refuse_exposure(host, insecure)
     raise typer.Exit(
         run(
             host=host,
             port=port,
             workers=workers,
             threads=threads or None,
-            insecure=insecure,
             echo=typer.echo,
             gpus=[lists[i % len(lists)] for i in range(workers)] if lists else None,
         )

@@ -116,11 +116,7 @@ def own_names(bind: str) -> list[str]:
             names.add(str(info[4][0]))
     except OSError:  # a host name that does not resolve: its name is all there is
         pass
-    return sorted(
-        n.lower()
-        for n in names
-        if n and n.lower() not in LOOPBACK_NAMES and not _is_loopback_address(n)
-    )
+    return sorted(n.lower() for n in names if n and not is_loopback(n))
 
 
 def _is_address(name: str) -> bool:
@@ -131,9 +127,13 @@ def _is_address(name: str) -> bool:
         return False
 
 
-def _is_loopback_address(name: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is this machine only: 127.0.0.0/8, ::1 and `localhost`; a name
+    or 0.0.0.0 may be reached from elsewhere."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     @field_validator("api_tokens")
     @classmethod
     def _api_tokens_parse(cls, value: str) -> str:
-        from app.auth import parse_env_tokens
+        from app.tokens import parse_env_tokens
 
         parse_env_tokens(value)  # a ValueError names the entry
         return value

@@ -48,61 +48,75 @@ def run(
     workers: int,
     threads: int | None,
     echo: Callable[[str], None],
-    insecure: bool = False,
     gpus: list[str] | None = None,
 ) -> int:
-    """Supervise the API and `workers` workers (worker i with `--gpus gpus[i]` when given)."""
-    from app.cli import refuse_exposure, upgrade_database
+    """Supervise the API and `workers` workers (worker i with `--gpus gpus[i]` when given)
+    until SIGINT or SIGTERM; the exit status. The caller has run the migrations and checked
+    the exposure (`ganforge up`)."""
+    children = _children(host=host, port=port, workers=workers, threads=threads, gpus=gpus)
+    stop = _StopRequest()
+    for child in children:
+        child.start()
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    announced = False
+    code = 0
+    while not stop.requested:
+        if not announced and _healthy(url):
+            echo(f"ganforge is up: dashboard {url}/  (API docs {url}/docs; Ctrl-C stops)")
+            announced = True
+        if not all(_restart_if_exited(child, echo) for child in children if not stop.requested):
+            code = 1
+            break
+        time.sleep(0.25)
+    echo("stopping: workers checkpoint their jobs and requeue them ...")
+    _stop(children)
+    return code
 
-    upgrade_database("head")
-    refuse_exposure(host, insecure)
+
+def _children(
+    *, host: str, port: int, workers: int, threads: int | None, gpus: list[str] | None
+) -> list[Child]:
     per_worker = threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
-    # The exposure was checked just above: the API child need not refuse again.
-    children = [
-        Child("api", _cli("api", "--host", host, "--port", str(port), "--no-migrate", "--insecure"))
-    ]
-    children += [
+    # `ganforge up` checked the exposure before calling run: the API child need not again.
+    api = Child(
+        "api", _cli("api", "--host", host, "--port", str(port), "--no-migrate", "--insecure")
+    )
+    return [api] + [
         Child(
             f"worker-{i + 1}",
             _cli("worker", "--threads", str(per_worker), *(("--gpus", gpus[i]) if gpus else ())),
         )
         for i in range(workers)
     ]
-    stopping = False
 
-    def request_stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    for child in children:
-        child.start()
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    announced = False
-    code = 0
-    while not stopping:
-        if not announced and _healthy(url):
-            echo(f"ganforge is up: dashboard {url}/  (API docs {url}/docs; Ctrl-C stops)")
-            announced = True
-        for child in children:
-            status = child.poll()
-            if status is None or stopping:
-                continue
-            now = time.monotonic()
-            while child.restarts and now - child.restarts[0] > 60:
-                child.restarts.popleft()
-            if len(child.restarts) >= RESTARTS_PER_MINUTE:
-                echo(f"error: {child.name} keeps exiting (status {status}); stopping")
-                stopping, code = True, 1
-                break
-            echo(f"{child.name} exited with status {status}; restarting it")
-            child.restarts.append(now)
-            child.start()
-        time.sleep(0.25)
-    echo("stopping: workers checkpoint their jobs and requeue them ...")
-    _stop(children)
-    return code
+class _StopRequest:
+    """Set by the first SIGINT or SIGTERM: the loop then stops the children in order."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGINT, self._request)
+        signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+
+
+def _restart_if_exited(child: Child, echo: Callable[[str], None]) -> bool:
+    """Restart a child that exited; False when it keeps exiting (5 times in a minute)."""
+    status = child.poll()
+    if status is None:
+        return True
+    now = time.monotonic()
+    while child.restarts and now - child.restarts[0] > 60:
+        child.restarts.popleft()
+    if len(child.restarts) >= RESTARTS_PER_MINUTE:
+        echo(f"error: {child.name} keeps exiting (status {status}); stopping")
+        return False
+    echo(f"{child.name} exited with status {status}; restarting it")
+    child.restarts.append(now)
+    child.start()
+    return True
 
 
 def _healthy(url: str) -> bool:

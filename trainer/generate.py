@@ -1,20 +1,33 @@
-"""Fresh samples from a checkpoint's generator (the EMA weights when the run kept them)."""
+"""Fresh samples from a checkpoint's generator (the EMA weights when the run kept them).
+
+`LoadedGenerator` is one checkpoint's generator ready to sample, for `ganforge generate` and
+the API's generate endpoint alike; `GeneratorCache` keeps the few most recently used ones
+(the API serves repeated requests on one checkpoint without reading it again).
+"""
 
 from __future__ import annotations
 
 import io
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
-from trainer.checkpoint import Checkpoint, CheckpointError, atomic_write
+from trainer.checkpoint import Checkpoint, CheckpointError, atomic_write, read_checkpoint
 from trainer.data import DataError, load_dataset
+from trainer.errors import first_line
 from trainer.models import build_models
 from trainer.spec import TrainSpec
 from trainer.training import SCATTER_POINTS, generate_from
 
 MAX_GENERATE = 1_000_000
+# Bound on the largest tensor one generation makes (noise, a hidden layer, the output): n is
+# capped per checkpoint so that n x (widest per-sample activation) x itemsize fits.
+GENERATE_BUDGET_BYTES = 512 * 1024 * 1024
 
 
 def load_generator(ckpt: Checkpoint) -> tuple[nn.Module, TrainSpec, tuple[int, ...]]:
@@ -32,31 +45,117 @@ def load_generator(ckpt: Checkpoint) -> tuple[nn.Module, TrainSpec, tuple[int, .
     return generator, spec, shape
 
 
+@dataclass
+class LoadedGenerator:
+    """A checkpoint's generator in eval mode, and kept so: threads may share it."""
+
+    generator: nn.Module
+    spec: TrainSpec
+    shape: tuple[int, ...]
+    step: int
+    # The real data drawn under 2-D scatter plots, loaded on first use.
+    _real: np.ndarray | None = None
+    _real_done: bool = False
+    _real_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def of(cls, ckpt: Checkpoint) -> LoadedGenerator:
+        """Build it; a CheckpointError names why a checkpoint holds no usable generator."""
+        try:
+            generator, spec, shape = load_generator(ckpt)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            # CheckpointError is a ValueError; RuntimeError: tensors that do not fit the model.
+            raise CheckpointError(
+                f"checkpoint: cannot build its generator: {first_line(exc)}"
+            ) from None
+        generator.eval()
+        return cls(generator, spec, shape, ckpt.step)
+
+    @property
+    def max_n(self) -> int:
+        """The most samples one call may make, under GENERATE_BUDGET_BYTES."""
+        model = self.spec.model
+        per_sample = max(model.latent_dim, model.width, int(np.prod(self.shape)))
+        if model.kind == "conv":  # (width, 4, 4) doubling in size, halving channels
+            per_sample = max(per_sample, model.width * 4 * self.shape[-1])
+        itemsize = 8 if self.spec.precision == "fp64" else 4
+        return max(1, min(MAX_GENERATE, GENERATE_BUDGET_BYTES // (per_sample * itemsize)))
+
+    def array(self, n: int, *, seed: int = 0) -> np.ndarray:
+        """(n, D) for vector data, (n, C, H, W) for images, as float32. The API keeps n to
+        `max_n`; the CLI may ask for more, at its own risk."""
+        if not 1 <= n <= MAX_GENERATE:
+            raise ValueError(f"n: must be between 1 and {MAX_GENERATE}, got {n}")
+        fake = generate_from(self.generator, n, seed=seed, latent=self.spec.model.latent_dim)
+        return fake.float().numpy()
+
+    def png(
+        self, n: int, *, seed: int = 0, resolve_dataset: Callable[[str], Path] | None = None
+    ) -> bytes:
+        """A grid (images) or a scatter over the real data (vectors) of n fresh samples.
+        `resolve_dataset` finds an uploaded dataset's file (the service's store)."""
+        from trainer.samples import render_png
+
+        fake = self.array(n, seed=seed)
+        title = f"step {self.step}, seed {seed}"
+        if fake.ndim == 4:
+            return render_png(fake, title=title)
+        return render_png(fake, real=self.real_points(resolve_dataset), title=title)
+
+    def real_points(self, resolve_dataset: Callable[[str], Path] | None) -> np.ndarray | None:
+        """The real data drawn under a scatter; None when it cannot be had (a dataset that
+        was deleted, or an uploaded one with no way to find it)."""
+        with self._real_lock:
+            if not self._real_done:
+                self._real = self._load_real(resolve_dataset)
+                self._real_done = True
+            return self._real
+
+    def _load_real(self, resolve_dataset: Callable[[str], Path] | None) -> np.ndarray | None:
+        data = self.spec.data
+        if data.kind == "array" and data.path is None and resolve_dataset is None:
+            return None
+        try:
+            dataset = load_dataset(data, resolve_dataset=resolve_dataset)
+            return dataset.reference(SCATTER_POINTS).flatten(1).float().numpy()
+        except (DataError, OSError, ValueError):
+            return None  # the data is gone: plot the samples alone
+
+
+class GeneratorCache:
+    """The generators of the `size` most recently used checkpoints, keyed by (file, SHA-256).
+
+    A checkpoint is verified against its SHA-256 when read; a cached entry is not read again
+    while it stays cached. Safe to use from several threads."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[str, str], LoadedGenerator] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, sha256: str) -> LoadedGenerator:
+        key = (str(path), sha256)
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        loaded = LoadedGenerator.of(read_checkpoint(path, expected_sha256=sha256))
+        with self._lock:
+            self._entries[key] = loaded
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return loaded
+
+
 def generate_array(ckpt: Checkpoint, n: int, *, seed: int = 0) -> np.ndarray:
     """(n, D) for vector data, (n, C, H, W) for images, as float32."""
-    if not 1 <= n <= MAX_GENERATE:
-        raise ValueError(f"n: must be between 1 and {MAX_GENERATE}, got {n}")
-    generator, spec, _ = load_generator(ckpt)
-    fake = generate_from(generator, n, seed=seed, latent=spec.model.latent_dim)
-    return fake.float().numpy()
+    return LoadedGenerator.of(ckpt).array(n, seed=seed)
 
 
 def generate_png(ckpt: Checkpoint, n: int, *, seed: int = 0) -> bytes:
     """A grid (images) or a scatter over the real data (vectors) of n fresh samples."""
-    from trainer.samples import render_png
-
-    fake = generate_array(ckpt, n, seed=seed)
-    if fake.ndim == 4:
-        return render_png(fake, title=f"step {ckpt.step}, seed {seed}")
-    spec = TrainSpec.model_validate(ckpt.meta["spec"])
-    real = None
-    try:
-        if spec.data.kind != "array" or spec.data.path is not None:
-            dataset = load_dataset(spec.data)
-            real = dataset.reference(SCATTER_POINTS).flatten(1).float().numpy()
-    except DataError:
-        real = None  # the uploaded data is gone: plot the samples alone
-    return render_png(fake, real=real, title=f"step {ckpt.step}, seed {seed}")
+    return LoadedGenerator.of(ckpt).png(n, seed=seed)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -23,18 +23,15 @@ from __future__ import annotations
 import base64
 import os
 import tempfile
-import threading
 import zipfile
-from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Annotated, Literal
 
 import anyio
 import anyio.to_thread
-import numpy as np
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -42,26 +39,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from torch import nn
 
 from app.auth import download
 from app.deps import SessionDep, StoreDep, job_or_404
 from app.models import Checkpoint, Sample
 from app.store import ArtifactStore, StoreError
-from trainer.checkpoint import CheckpointError, read_checkpoint
-from trainer.data import DataError, load_dataset
-from trainer.errors import first_line
-from trainer.generate import MAX_GENERATE, load_generator, npy_bytes
-from trainer.spec import TrainSpec
-from trainer.training import SCATTER_POINTS, generate_from
+from trainer.checkpoint import CheckpointError
+from trainer.generate import MAX_GENERATE, GeneratorCache, npy_bytes
 
 router = APIRouter(prefix="/api")
 
 # A PNG of more points than this is unreadable (and images beyond the grid's 64 are not drawn).
 MAX_PNG = 10_000
-# Bound on the largest tensor one generation makes (noise, a hidden layer, the output): n is
-# capped per checkpoint so that n x (widest per-sample activation) x itemsize fits.
-GENERATE_BUDGET_BYTES = 512 * 1024 * 1024
 GENERATE_CONCURRENCY = 2
 GENERATOR_CACHE_SIZE = 4
 ZIP_CHUNK = 256 * 1024
@@ -331,77 +320,6 @@ def get_checkpoint(
 # ---- generation ---------------------------------------------------------------------------
 
 
-@dataclass
-class _Loaded:
-    """A checkpoint's generator, in eval mode (and kept so: shared by concurrent requests)."""
-
-    generator: nn.Module
-    spec: TrainSpec
-    shape: tuple[int, ...]
-    step: int
-    # The real data drawn under 2-D scatter plots, computed on first use.
-    real: np.ndarray | None = None
-    real_done: bool = field(default=False)
-
-    @property
-    def max_n(self) -> int:
-        """The most samples one request may ask for, under GENERATE_BUDGET_BYTES."""
-        model = self.spec.model
-        per_sample = max(model.latent_dim, model.width, int(np.prod(self.shape)))
-        if model.kind == "conv":  # (width, 4, 4) doubling in size, halving channels
-            per_sample = max(per_sample, model.width * 4 * self.shape[-1])
-        itemsize = 8 if self.spec.precision == "fp64" else 4
-        return max(1, min(MAX_GENERATE, GENERATE_BUDGET_BYTES // (per_sample * itemsize)))
-
-
-_cache: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
-_cache_lock = threading.Lock()
-
-
-def _load(full: Path, sha256: str) -> _Loaded:
-    """The generator of a verified checkpoint, from a small LRU keyed by (file, SHA-256).
-
-    A cached entry was verified against the same SHA-256 when it was read, so the file is
-    not read again while it stays cached.
-    """
-    key = (str(full), sha256)
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    ckpt = read_checkpoint(full, expected_sha256=sha256)
-    try:
-        generator, spec, shape = load_generator(ckpt)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        # CheckpointError is a ValueError; RuntimeError: tensors that do not fit the model.
-        raise CheckpointError(
-            f"checkpoint: cannot build its generator: {first_line(exc)}"
-        ) from None
-    generator.eval()
-    loaded = _Loaded(generator, spec, shape, ckpt.step)
-    with _cache_lock:
-        _cache[key] = loaded
-        _cache.move_to_end(key)
-        while len(_cache) > GENERATOR_CACHE_SIZE:
-            _cache.popitem(last=False)
-    return loaded
-
-
-def _real_points(loaded: _Loaded, store: ArtifactStore) -> np.ndarray | None:
-    """The real data under a 2-D scatter (as `generate_png`); None when it cannot be loaded."""
-    if not loaded.real_done:
-        try:
-            dataset = load_dataset(
-                loaded.spec.data,
-                resolve_dataset=lambda dataset_id: store.path(store.dataset_path(dataset_id)),
-            )
-            loaded.real = dataset.reference(SCATTER_POINTS).flatten(1).float().numpy()
-        except (DataError, OSError, ValueError):
-            loaded.real = None  # the data is gone: plot the samples alone
-        loaded.real_done = True
-    return loaded.real
-
-
 def _n_error(n: int, message: str) -> RequestValidationError:
     return RequestValidationError(
         [{"type": "less_than_equal", "loc": ("body", "n"), "msg": message, "input": n}]
@@ -415,28 +333,25 @@ class _Generated:
     step: int
 
 
-def _generate(full: Path, sha256: str, body: GenerateRequest, store: ArtifactStore) -> _Generated:
+def _generate(
+    generators: GeneratorCache, full: Path, sha256: str, body: GenerateRequest, store: ArtifactStore
+) -> _Generated:
     """Runs in a worker thread: load (or reuse) the generator, check n, generate, encode."""
-    loaded = _load(full, sha256)
+    loaded = generators.get(full, sha256)
     if body.n > loaded.max_n:
         raise _n_error(
             body.n,
             f"this checkpoint's generator makes at most {loaded.max_n} samples a request",
         )
-    fake = generate_from(
-        loaded.generator, body.n, seed=body.seed, latent=loaded.spec.model.latent_dim
-    )
-    array = fake.float().numpy()  # as trainer.generate.generate_array
     if body.format == "npy":
+        array = loaded.array(body.n, seed=body.seed)
         return _Generated(npy_bytes(array), tuple(array.shape), loaded.step)
-    from trainer.samples import render_png
-
-    title = f"step {loaded.step}, seed {body.seed}"
-    if array.ndim == 4:
-        png = render_png(array, title=title)
-    else:
-        png = render_png(array, real=_real_points(loaded, store), title=title)
-    return _Generated(png, tuple(array.shape), loaded.step)
+    png = loaded.png(
+        body.n,
+        seed=body.seed,
+        resolve_dataset=lambda dataset_id: store.path(store.dataset_path(dataset_id)),
+    )
+    return _Generated(png, (body.n, *loaded.shape), loaded.step)
 
 
 def _pick_checkpoint(session: Session, job_id: str, step: int | None) -> Checkpoint:
@@ -452,6 +367,13 @@ def _pick_checkpoint(session: Session, job_id: str, step: int | None) -> Checkpo
     if row is None:
         raise HTTPException(409, f"job {job_id} has no checkpoint yet")
     return row
+
+
+def _generators(app: FastAPI) -> GeneratorCache:
+    generators: GeneratorCache | None = getattr(app.state, "generators", None)
+    if generators is None:
+        generators = app.state.generators = GeneratorCache(GENERATOR_CACHE_SIZE)
+    return generators
 
 
 def _limiter(app: FastAPI) -> anyio.CapacityLimiter:
@@ -490,7 +412,13 @@ async def generate(
     try:
         full = store.path(row.path)
         result = await anyio.to_thread.run_sync(
-            _generate, full, row.sha256, body, store, limiter=_limiter(request.app)
+            _generate,
+            _generators(request.app),
+            full,
+            row.sha256,
+            body,
+            store,
+            limiter=_limiter(request.app),
         )
     except (CheckpointError, StoreError) as exc:
         raise HTTPException(409, f"{name}: {str(exc).removeprefix('checkpoint: ')}") from None

@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.models import Checkpoint as CheckpointRow
 from app.models import Sample
-from app.routes import artifacts
 from app.routes.artifacts import MAX_PNG
 from app.store import ArtifactStore
 from tests.trainer.factories import tiny_spec
+from trainer import generate
 from trainer.checkpoint import Checkpoint, CheckpointRecord, write_checkpoint
 from trainer.generate import MAX_GENERATE, generate_array
 from trainer.sinks import MemoryCheckpoints, MemorySamples, memory_sinks
@@ -292,7 +292,7 @@ def test_generate_caps_n_by_the_generators_size(
 ) -> None:
     job = make_job(client, run, samples=False)
     # The tiny generator's widest activation is its 32 hidden units (float32): 128 bytes.
-    monkeypatch.setattr(artifacts, "GENERATE_BUDGET_BYTES", 128 * 50)
+    monkeypatch.setattr(generate, "GENERATE_BUDGET_BYTES", 128 * 50)
     url = f"/api/jobs/{job}/generate"
     assert client.post(url, json={"n": 50, "format": "npy"}).headers["x-shape"] == "50,2"
     over = client.post(url, json={"n": 51, "format": "npy"})

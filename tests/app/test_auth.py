@@ -24,8 +24,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth import COOKIE, create_token, is_loopback, revoke_token
+from app.auth import COOKIE
+from app.hostguard import is_loopback
 from app.models import ApiToken, Job
+from app.tokens import create_token, revoke_token
 from tests.app.test_artifacts import SPEC, Run, make_job
 
 # Writes that change nothing, open to anyone: (method, path) as in the OpenAPI schema.
