@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, select, update
 
 from app import jobs, queue
-from app.models import Job, utcnow
+from app.models import Job, JobStatus, utcnow
 from app.settings import Settings
 
 log = logging.getLogger("ganforge.reconcile")
@@ -47,7 +47,8 @@ def reconcile(engine: Engine, settings: Settings) -> Report:
         expired = (
             conn.execute(
                 select(Job.id).where(
-                    Job.status.in_(("running", "cancelling")), Job.lease_expires_at < now
+                    Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)),
+                    Job.lease_expires_at < now,
                 )
             )
             .scalars()
@@ -56,17 +57,17 @@ def reconcile(engine: Engine, settings: Settings) -> Report:
     for job_id in expired:
         with engine.begin() as conn:
             status = jobs.requeue_expired(conn, job_id, now)
-        if status == "queued":
+        if status == JobStatus.QUEUED:
             report.requeued.append(job_id)
-        elif status == "failed":
+        elif status == JobStatus.FAILED:
             report.failed.append(job_id)
-        elif status == "cancelled":
+        elif status == JobStatus.CANCELLED:
             report.cancelled.append(job_id)
 
     stale_before = now - timedelta(seconds=settings.resend_after_seconds)
     with engine.connect() as conn:
         queued = conn.execute(
-            select(Job.id, Job.spec, Job.queued_at).where(Job.status == "queued")
+            select(Job.id, Job.spec, Job.queued_at).where(Job.status == JobStatus.QUEUED)
         ).all()
     by_queue: dict[str, list[tuple[str, bool]]] = {}
     for job_id, spec, queued_at in queued:
@@ -91,6 +92,8 @@ def _resend(
 ) -> None:
     with engine.begin() as conn:
         conn.execute(
-            update(Job).where(Job.id == job_id, Job.status == "queued").values(queued_at=now)
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+            .values(queued_at=now)
         )
     queue.send(settings, job_id, queue_name)

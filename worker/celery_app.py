@@ -18,14 +18,16 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy import Engine, select, update
 
 from app.db import is_transient, make_engine
-from app.models import Job, utcnow
+from app.models import Job, JobStatus, utcnow
 from app.queue import RUN_JOB, make_celery, send, stored_queue
 from app.reconcile import reconcile
 from app.settings import get_settings
 from app.store import ArtifactStore
 from trainer.errors import first_line
-from worker.claim import BUSY
+from worker.attempt import Stopped
+from worker.claim import Missed
 from worker.node import Node, Presence
+from worker.runner import RunResult
 from worker.runner import run_job as run_job_now
 
 log = logging.getLogger("ganforge.worker")
@@ -97,12 +99,12 @@ def _resources() -> tuple[Engine, ArtifactStore]:
 
 
 @celery.task(name=RUN_JOB)  # type: ignore[untyped-decorator]
-def run_job(job_id: str) -> str:
+def run_job(job_id: str) -> RunResult:
     engine, store = _resources()
     if shutting_down.is_set():
         # This worker is on its way out: leave the job untouched for another worker.
         _send_again(engine, job_id)
-        return "deferred"
+        return Missed.DEFERRED
     lease = timedelta(seconds=get_settings().lease_seconds)
     status = run_job_now(
         job_id,
@@ -112,7 +114,7 @@ def run_job(job_id: str) -> str:
         lease=lease,
         node=node(),
     )
-    if status in ("requeued", BUSY):
+    if status in (Stopped.REQUEUED, Missed.BUSY):
         # Back on the queue for another worker (or this one, restarted or with its GPUs free
         # again) to continue from the checkpoint just written, or to start.
         _send_again(engine, job_id)
@@ -121,7 +123,7 @@ def run_job(job_id: str) -> str:
 
 def _send_again(engine: Engine, job_id: str) -> None:
     with engine.begin() as conn:
-        spec = conn.scalar(select(Job.spec).where(Job.id == job_id, Job.status == "queued"))
+        spec = conn.scalar(select(Job.spec).where(Job.id == job_id, Job.status == JobStatus.QUEUED))
         if spec is None:
             return  # taken, cancelled or deleted meanwhile
         # Sent now: the reconciler does not count it missing.

@@ -19,16 +19,14 @@ import threading
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
 
 import torch
 from sqlalchemy import Engine
 
+from app.models import JobStatus
 from app.store import ArtifactStore
 from trainer.processes import follow_parent
-
-if TYPE_CHECKING:
-    from worker.runner import RunState
+from worker.attempt import Outcome, RunState, attempt
 
 log = logging.getLogger("ganforge.worker")
 
@@ -44,8 +42,8 @@ def run_in_child(
     devices: Sequence[str],
     simulate: bool,
     shutting_down: threading.Event,
-) -> tuple[str, str | None]:
-    """Train a claimed job in a spawned process on `devices`: (how it ended, the error)."""
+) -> Outcome:
+    """Train a claimed job in a spawned process on `devices`: how it ended."""
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     process = ctx.Process(
@@ -72,14 +70,15 @@ def run_in_child(
         if shutting_down.is_set():
             state.stop.set()  # the job checkpoints and returns; the worker requeues it
         process.join(0.1)
-    outcome: tuple[str, str | None] | None = None
+    outcome: Outcome | None = None
     with contextlib.suppress(EOFError, OSError):
         if receive.poll():
             outcome = receive.recv()
     receive.close()
     if outcome is None:
         code = process.exitcode
-        return "failed", f"the job's process ended without a result (exit status {code})"
+        error = f"the job's process ended without a result (exit status {code})"
+        return Outcome(JobStatus.FAILED, error)
     return outcome
 
 
@@ -109,9 +108,8 @@ def _job_main(
     state: RunState,
     send: Connection,
 ) -> None:
-    """The job process: train, then send (status, error) to the worker."""
+    """The job process: train, then send the `Outcome` to the worker."""
     from app.db import make_engine
-    from worker.runner import attempt
 
     # The worker decides when to stop (SIGTERM, Ctrl-C, cancel) and tells this process
     # through `state.stop`; if the worker dies, this process goes with it.

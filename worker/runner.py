@@ -11,83 +11,35 @@ job's and no other's: CUDA reads that variable once per process.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import socket
 import threading
-import traceback
 import uuid
-from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
-from typing import Any, Protocol
 
-import torch
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
 from app import devices, jobs
-from app.datasets import resolve_dataset_path
 from app.db import is_transient, retry_transient
-from app.models import Checkpoint as CheckpointRow
-from app.models import Job
+from app.models import JobStatus
 from app.store import ArtifactStore
-from trainer.checkpoint import Checkpoint, CheckpointError, read_checkpoint
-from trainer.data import DataError
-from trainer.distributed import ranks
 from trainer.errors import first_line
-from trainer.spec import TrainSpec
-from trainer.training import Trainer, TrainingDiverged
-from worker.claim import BUSY, Claim, claim_when_free
-from worker.node import Node, simulated
-from worker.sinks import service_sinks
+from worker.attempt import Outcome, RunState, Stopped, attempt
+from worker.claim import Claim, Missed, Unfit, claim_when_free
+from worker.jobprocess import run_in_child
+from worker.node import Node
 
 log = logging.getLogger("ganforge.worker")
 
 HEARTBEAT_SECONDS = 0.5
 
+# What `run_job` returns: the job's final status, why the attempt stopped short (requeued,
+# lost), or why the job was not claimed (skipped, busy).
+RunResult = JobStatus | Stopped | Missed
+
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class Flag(Protocol):
-    def is_set(self) -> bool: ...
-    def set(self) -> None: ...
-
-
-class _Cell:
-    value = -1
-
-
-@dataclass
-class RunState:
-    """What the training, the heartbeat and (for a job in its own process) the worker share:
-    the step reached, and the reasons to stop: a cancel, a lost lease, the worker stopping."""
-
-    cancel: Flag = field(default_factory=threading.Event)
-    lost: Flag = field(default_factory=threading.Event)
-    stop: Flag = field(default_factory=threading.Event)
-    cell: Any = field(default_factory=_Cell)  # the step; -1 until the trainer is built
-
-    @classmethod
-    def shared(cls) -> RunState:
-        """A state a spawned job process can be given (shared memory and semaphores)."""
-        ctx = multiprocessing.get_context("spawn")
-        return cls(ctx.Event(), ctx.Event(), ctx.Event(), ctx.Value("q", -1, lock=False))
-
-    @property
-    def step(self) -> int | None:
-        """None until the trainer is built (the heartbeat leaves the job's step alone)."""
-        value = int(self.cell.value)
-        return None if value < 0 else value
-
-    @step.setter
-    def step(self, value: int | None) -> None:
-        self.cell.value = -1 if value is None else value
-
-    def should_stop(self) -> bool:
-        return self.cancel.is_set() or self.lost.is_set() or self.stop.is_set()
 
 
 class Heartbeat(threading.Thread):
@@ -108,7 +60,7 @@ class Heartbeat(threading.Thread):
             status = jobs.heartbeat(conn, self.job_id, self.owner, self.state.step, self.lease)
         if status is None:
             self.state.lost.set()
-        elif status == "cancelling":
+        elif status == JobStatus.CANCELLING:
             self.state.cancel.set()
 
     def run(self) -> None:
@@ -141,34 +93,67 @@ def run_job(
     shutting_down: threading.Event | None = None,
     lease: timedelta = jobs.LEASE,
     node: Node | None = None,
-) -> str:
+) -> RunResult:
     """Run a queued job to its end. Returns the final status, `skipped` when the job was not
-    queued (a second delivery of the same id), `requeued` when the worker shut down, or
-    `busy` when the GPUs it needs stayed held by other jobs for `node.wait_seconds` (the job
-    is still queued: the caller sends it again). Without a `node`, GPUs are not managed."""
+    queued (a second delivery of the same id), `requeued` when the worker shut down, `lost`
+    when its lease went to another worker, or `busy` when the GPUs it needs stayed held by
+    other jobs for `node.wait_seconds` (the job is still queued: the caller sends it again).
+    A job needing more GPUs than `node` serves is claimed and failed, saying so. Without a
+    `node`, GPUs are not managed."""
     owner = owner or worker_id()
     shutting_down = shutting_down or threading.Event()
     claim = claim_when_free(engine, job_id, owner, lease, node, shutting_down)
-    if claim is None:
+    if claim is Missed.NOT_QUEUED:
         log.info("job %s is not queued; nothing to do", job_id)
-        return "skipped"
-    if claim == BUSY:
+        return claim
+    if isinstance(claim, Missed):
         log.info("job %s: its GPUs are held by other jobs; leaving it for later", job_id)
-        return BUSY
-    assert isinstance(claim, Claim)
-    where = f" on devices {','.join(claim.devices)}" if claim.devices else ""
+        return claim
+    where = f" on devices {','.join(claim.devices)}" if isinstance(claim, Claim) else ""
     log.info("job %s claimed by %s%s", job_id, owner, where)
+    if isinstance(claim, Unfit):
+        step, outcome = None, Outcome(JobStatus.FAILED, claim.error)
+    else:
+        step, outcome = _train_claimed(
+            job_id,
+            claim,
+            engine=engine,
+            store=store,
+            owner=owner,
+            lease=lease,
+            node=node,
+            shutting_down=shutting_down,
+        )
+    ending = retry_transient(
+        lambda: _record(engine, job_id, owner, step, outcome),
+        within=lease.total_seconds(),
+        what=f"job {job_id}: finish",
+    )
+    error = f": {outcome.error}" if outcome.error else ""
+    log.info("job %s %s at step %s%s", job_id, ending, step, error)
+    return ending
+
+
+def _train_claimed(
+    job_id: str,
+    claim: Claim,
+    *,
+    engine: Engine,
+    store: ArtifactStore,
+    owner: str,
+    lease: timedelta,
+    node: Node | None,
+    shutting_down: threading.Event,
+) -> tuple[int | None, Outcome]:
+    """Train the job under a heartbeat: in a process of its own on a worker with GPUs, else
+    here. The step reached and how it ended."""
     separate = node is not None and bool(node.devices)
     state = RunState.shared() if separate else RunState(stop=shutting_down)
     heart = Heartbeat(engine, job_id, owner, state, lease)
-    status: str = "failed"
-    error: str | None = claim.error
     heart.start()  # at once: building the trainer can take longer than a short lease
     try:
-        if claim.error is None and node is not None and separate:
-            from worker.jobprocess import run_in_child
-
-            status, error = run_in_child(
+        if node is not None and separate:
+            outcome = run_in_child(
                 job_id,
                 owner=owner,
                 lease=lease,
@@ -179,128 +164,26 @@ def run_job(
                 simulate=node.simulate,
                 shutting_down=shutting_down,
             )
-        elif claim.error is None:
+        else:
             simulate = node is not None and node.simulate
-            status, error = attempt(engine, store, job_id, owner, lease, state, simulate=simulate)
+            outcome = attempt(engine, store, job_id, owner, lease, state, simulate=simulate)
     finally:
         heart.done.set()
         if heart.is_alive():
             heart.join()
-
-    def record_outcome() -> str:
-        with engine.begin() as conn:
-            devices.release(conn, job_id, owner)
-            if status == "requeued":
-                return "requeued" if jobs.release(conn, job_id, owner, state.step) else "cancelled"
-            if status != "lost":
-                jobs.finish(conn, job_id, owner, status, state.step, error)
-            return status
-
-    status = retry_transient(
-        record_outcome, within=lease.total_seconds(), what=f"job {job_id}: finish"
-    )
-    log.info("job %s %s at step %s%s", job_id, status, state.step, f": {error}" if error else "")
-    return status
+    return state.step, outcome
 
 
-def attempt(
-    engine: Engine,
-    store: ArtifactStore,
-    job_id: str,
-    owner: str,
-    lease: timedelta,
-    state: RunState,
-    *,
-    simulate: bool = False,
-) -> tuple[str, str | None]:
-    """Train a claimed job: (how it ended, the error when it failed)."""
-    try:
-        return _train(engine, store, job_id, owner, lease, state, simulate=simulate), None
-    except jobs.LeaseLost:
-        return "lost", None
-    except (TrainingDiverged, DataError, CheckpointError, ValueError) as exc:
-        return "failed", str(exc)
-    except (torch.OutOfMemoryError, MemoryError) as exc:
-        where = "GPU" if isinstance(exc, torch.OutOfMemoryError) else "host"
-        log.error("job %s ran out of memory", job_id)
-        return "failed", f"out of memory ({where}) at step {state.step}: {first_line(exc)}"
-    except Exception as exc:  # noqa: BLE001 - any failure is recorded on the job
-        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        return "failed", f"{type(exc).__name__}: {exc}"
-
-
-def _train(
-    engine: Engine,
-    store: ArtifactStore,
-    job_id: str,
-    owner: str,
-    lease: timedelta,
-    state: RunState,
-    *,
-    simulate: bool,
-) -> str:
-    """Build the trainer and train; how it ended. For a distributed job this process is
-    rank 0: the other ranks run (and load the same checkpoint) inside `ranks`."""
-    spec, checkpoint, datasets = _load_job(engine, store, job_id)
-    if simulate:
-        spec = simulated(spec)
-    with ranks(spec, resume=checkpoint, datasets=datasets) as rank:
-        trainer = Trainer(spec, resolve_dataset=datasets.__getitem__, rank=rank)
-        if checkpoint is not None:
-            trainer.load(checkpoint)
-        _rewind(engine, store, job_id, trainer.step)
-        state.step = trainer.step
-        sinks = service_sinks(engine, store, job_id, owner, lease.total_seconds())
-
-        def progress(step: int, _values: dict[str, float] | None) -> None:
-            state.step = step
-
-        try:
-            result = trainer.run(sinks, should_stop=state.should_stop, progress=progress)
-        finally:
-            if not state.lost.is_set():
-                sinks.metrics.flush()  # type: ignore[attr-defined]
-    state.step = result.step
-    if result.status == "succeeded":
-        return "succeeded"
-    if state.lost.is_set():
-        return "lost"
-    if state.cancel.is_set():
-        return "cancelled"
-    return "requeued"
-
-
-def _load_job(
-    engine: Engine, store: ArtifactStore, job_id: str
-) -> tuple[TrainSpec, Checkpoint | None, dict[str, Path]]:
-    """The job's spec, its latest checkpoint (SHA-256 checked) and its uploaded dataset's
-    path (by id: every rank opens the same file)."""
-    with Session(engine) as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        spec = TrainSpec.model_validate(job.spec)
-        latest = session.scalars(
-            select(CheckpointRow)
-            .where(CheckpointRow.job_id == job_id)
-            .order_by(CheckpointRow.step.desc())
-            .limit(1)
-        ).first()
-        datasets: dict[str, Path] = {}
-        if spec.data.dataset_id is not None:
-            datasets[spec.data.dataset_id] = resolve_dataset_path(
-                session, store, spec.data.dataset_id
-            )
-        checkpoint = None
-        if latest is not None:
-            checkpoint = read_checkpoint(store.path(latest.path), expected_sha256=latest.sha256)
-    return spec, checkpoint, datasets
-
-
-def _rewind(engine: Engine, store: ArtifactStore, job_id: str, step: int) -> None:
-    """Forget what an earlier attempt recorded after the step the run continues from."""
+def _record(
+    engine: Engine, job_id: str, owner: str, step: int | None, outcome: Outcome
+) -> JobStatus | Stopped:
+    """Record how the attempt ended and free the job's GPUs, in one transaction; the job's
+    status after it (`requeued` when it went back to the queue, `lost` when not ours)."""
     with engine.begin() as conn:
-        stale = jobs.rewind(conn, job_id, step)
-    for path in stale:
-        store.delete(path)
-        if path.endswith(".safetensors"):
-            store.delete(path[: -len(".safetensors")] + ".json")
+        devices.release(conn, job_id, owner)
+        if outcome.ending is Stopped.REQUEUED:
+            requeued = jobs.release(conn, job_id, owner, step)
+            return Stopped.REQUEUED if requeued else JobStatus.CANCELLED  # a cancel came
+        if outcome.ending is not Stopped.LOST:
+            jobs.finish(conn, job_id, owner, outcome.ending, step, outcome.error)
+        return outcome.ending
