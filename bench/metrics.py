@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.api import create_app  # noqa: E402
 from app.db import make_engine, upgrade  # noqa: E402
-from app.metricstore import _fetch, downsample, insert_points, read_series  # noqa: E402
+from app.downsample import downsample  # noqa: E402
+from app.metricstore import _fetch, insert_points, read_series  # noqa: E402
 from app.models import Job  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench.report import replace_section  # noqa: E402
