@@ -273,45 +273,117 @@ const gf = (() => {
     return source;
   }
 
+  /* ---- numbers and charts ------------------------------------------------------------ */
+
   const PALETTE = ["#2456c7", "#d1495b", "#2a9d8f", "#e9a03b", "#7b4fc9", "#4d7f17", "#8c564b", "#17becf"];
 
-  /**
-   * A line chart (uPlot) that fills its container's width.
-   * series: [{label, color?}], data: [xs, ys1, ys2, ...] (null for gaps).
-   */
-  function chart(container, { title, series, data, yLabel, height = 220, logY = false }) {
-    const width = Math.max(240, container.clientWidth || 400);
-    const opts = {
-      title, width, height,
-      scales: { x: { time: false }, y: logY ? { distr: 3 } : {} },
-      axes: [{ label: "step" }, { label: yLabel || "", size: 60 }],
-      legend: { live: true },
-      cursor: { drag: { x: true, y: false } },
-      series: [{ label: "step" }].concat(series.map((s, i) => ({
-        label: s.label, stroke: s.color || PALETTE[i % PALETTE.length], width: 1.5, spanGaps: false,
-        points: { show: false },
-      }))),
-    };
-    const plot = new uPlot(opts, data, container);
-    const resize = () => plot.setSize({ width: Math.max(240, container.clientWidth), height });
-    if (window.ResizeObserver) new ResizeObserver(resize).observe(container);
-    return plot;
+  /** The i-th line colour (the palette, round again past its end). */
+  function color(i) {
+    return PALETTE[i % PALETTE.length];
   }
 
   /**
-   * Align several (step[], value[]) series on one x axis for uPlot: [xs, ys...].
+   * A metric value for legends, axes and notes: "–" when missing, 4 significant digits,
+   * whole numbers from 100, an exponent beyond [1e-3, 1e5).
    */
-  function align(columns) {
+  function fmt(v) {
+    if (v === null || v === undefined) return "–";
+    if (!isFinite(v)) return String(v);
+    if (v === 0) return "0";
+    const a = Math.abs(v);
+    if (a >= 1e5 || a < 1e-3) return v.toExponential(2);
+    if (a >= 100) return v.toFixed(0);
+    return String(Number(v.toPrecision(4)));
+  }
+
+  /**
+   * Several {step[], value[]} columns on one x axis, for uPlot: [xs, ys...]. A step a column
+   * did not log is `undefined` (uPlot draws across it); a null value (not finite when logged)
+   * stays a gap. A missing column is all `undefined`. value(v) maps each value held.
+   */
+  function align(columns, value = (v) => v) {
     const steps = new Set();
     for (const c of columns) if (c) for (const s of c.step) steps.add(s);
     const xs = [...steps].sort((a, b) => a - b);
     const index = new Map(xs.map((x, i) => [x, i]));
     const ys = columns.map((c) => {
-      const y = new Array(xs.length).fill(null);
-      if (c) c.step.forEach((s, i) => (y[index.get(s)] = c.value[i]));
+      const y = new Array(xs.length).fill(undefined);
+      if (c) c.step.forEach((s, i) => (y[index.get(s)] = value(c.value[i])));
       return y;
     });
     return [xs, ...ys];
+  }
+
+  const MIN_CHART_WIDTH = 240;
+  const stepValue = (u, v) => (v == null ? "–" : v.toLocaleString());
+  const tickValues = (u, ticks) => ticks.map((v) => (v == null ? "" : fmt(v)));
+  const VALUE_AXIS = { labelSize: 18, size: 56, values: tickValues };
+
+  /** One line: the def's {label, color?, width?, scale?, points?} with the defaults filled in. */
+  function lineSeries(s, i) {
+    const line = {
+      label: s.label,
+      stroke: s.color || color(i),
+      width: s.width || 1.5,
+      scale: s.scale || "y",
+      spanGaps: false,
+      value: (u, v) => fmt(v),
+    };
+    if (s.points) line.points = s.points; // else uPlot's own: marks while the points are sparse
+    return line;
+  }
+
+  /** def.hooks, plus one that keeps plot.gfZoomed: whether the x axis shows less than all. */
+  function chartHooks(hooks = {}) {
+    const zoom = (u, key) => {
+      if (key !== "x") return;
+      const xs = u.data[0];
+      u.gfZoomed = xs.length > 1 && (u.scales.x.min > xs[0] || u.scales.x.max < xs[xs.length - 1]);
+    };
+    return { ...hooks, setScale: [zoom, ...(hooks.setScale || [])] };
+  }
+
+  /** Keep the plot as wide as its container; plot.destroy() stops watching. */
+  function followWidth(plot, container, height) {
+    if (!window.ResizeObserver) return;
+    const observer = new ResizeObserver(() => {
+      const width = Math.max(MIN_CHART_WIDTH, container.clientWidth);
+      if (width !== plot.width) plot.setSize({ width, height });
+    });
+    observer.observe(container);
+    const destroy = plot.destroy.bind(plot);
+    plot.destroy = () => { observer.disconnect(); destroy(); };
+  }
+
+  /**
+   * A uPlot line chart against "step" that fills its container's width, from a definition:
+   *   {title?, height?, yLabel?, series: [{label, color?, width?, scale?, points?}],
+   *    scales?: {y: {...}, y2: {...}}, yAxis?: {...merged into the y axis}, axes?: [more value axes],
+   *    hooks?: {...}}
+   * (uPlot's own option objects). Legends and y ticks go through fmt. data: [xs, ys...] (align).
+   * The plot's gfZoomed says whether the user zoomed in (then keep the x range on setData).
+   */
+  function chart(container, def, data) {
+    const height = def.height || 220;
+    const opts = {
+      title: def.title,
+      width: Math.max(MIN_CHART_WIDTH, container.clientWidth || 400),
+      height,
+      scales: { x: { time: false }, y: {}, ...def.scales },
+      axes: [
+        { label: "step", labelSize: 18, size: 36 },
+        { ...VALUE_AXIS, scale: "y", label: def.yLabel || "", ...def.yAxis },
+        ...(def.axes || []).map((axis) => ({ ...VALUE_AXIS, ...axis })),
+      ],
+      series: [{ label: "step", value: stepValue }, ...def.series.map(lineSeries)],
+      hooks: chartHooks(def.hooks),
+      legend: { live: true },
+      cursor: { drag: { x: true, y: false } },
+    };
+    const plot = new uPlot(opts, data, container);
+    plot.gfZoomed = false;
+    followWidth(plot, container, height);
+    return plot;
   }
 
   // A download link while locked: ask for the token first, then follow the link.
@@ -331,5 +403,5 @@ const gf = (() => {
   auth.ask = askToken;
   auth.forget = forgetToken;
 
-  return { api, request, auth, ApiError, describeDetail, el, badge, duration, when, timing, toast, follow, chart, align, PALETTE };
+  return { api, request, auth, ApiError, describeDetail, el, badge, duration, when, timing, toast, follow, chart, align, fmt, color, PALETTE };
 })();

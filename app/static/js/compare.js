@@ -127,35 +127,12 @@ const compare = (() => {
     });
   }
 
-  /**
-   * [xs, ys...] for uPlot. A step a job did not log is `undefined` (uPlot draws across it);
-   * a logged NaN/inf arrives as null and stays a gap.
-   */
-  function alignJobs(columns) {
-    const steps = new Set();
-    for (const c of columns) if (c) for (const s of c.step) steps.add(s);
-    const xs = [...steps].sort((a, b) => a - b);
-    const index = new Map(xs.map((x, i) => [x, i]));
-    const ys = columns.map((c) => {
-      const y = new Array(xs.length).fill(undefined);
-      if (c) c.step.forEach((s, i) => (y[index.get(s)] = c.value[i]));
-      return y;
-    });
-    return [xs, ...ys];
-  }
-
   function lastPoint(column) {
     if (!column) return null;
     for (let i = column.step.length - 1; i >= 0; i--) {
       if (column.value[i] !== null) return { step: column.step[i], value: column.value[i] };
     }
     return null;
-  }
-
-  function formatNumber(v) {
-    if (v === null || v === undefined) return "–";
-    if (v === 0 || (Math.abs(v) >= 0.01 && Math.abs(v) < 1e5)) return String(+v.toPrecision(4));
-    return v.toExponential(2);
   }
 
   // ---- the page -----------------------------------------------------------------------
@@ -180,35 +157,8 @@ const compare = (() => {
     return uPlot.rangeNum(min, max, 0.1, true);
   }
 
-  /** A line chart like gf.chart, with uPlot's own point markers for sparse series. */
-  function lineChart(container, { title, series, data, yLabel, height = 220 }) {
-    const width = Math.max(240, container.clientWidth || 400);
-    const opts = {
-      title, width, height,
-      scales: { x: { time: false }, y: { range: yRange } },
-      axes: [{ label: "step" }, { label: yLabel || "", size: 60 }],
-      legend: { live: true },
-      cursor: { drag: { x: true, y: false } },
-      series: [{ label: "step" }].concat(series.map((s) => ({
-        label: s.label, stroke: s.color, width: 1.5, spanGaps: false,
-      }))),
-    };
-    const plot = new uPlot(opts, data, container);
-    if (window.ResizeObserver) {
-      new ResizeObserver(() => {
-        const w = Math.max(240, container.clientWidth);
-        if (w !== plot.width) plot.setSize({ width: w, height });
-      }).observe(container);
-    }
-    return plot;
-  }
-
-  function colour(i) {
-    return gf.PALETTE[i % gf.PALETTE.length];
-  }
-
   function swatch(i) {
-    return el("span", { class: "swatch", style: `background:${colour(i)}`, "aria-hidden": "true" });
+    return el("span", { class: "swatch", style: `background:${gf.color(i)}`, "aria-hidden": "true" });
   }
 
   function renderJobs() {
@@ -240,6 +190,47 @@ const compare = (() => {
       el("thead", {}, head), el("tbody", {}, rows))));
   }
 
+  /** The chart of one metric (gf.chart): a line per job, in the jobs' colours. */
+  function chartDef(name) {
+    return {
+      title: name,
+      yLabel: Y_LABELS[name],
+      height: 220,
+      scales: { y: { range: yRange } },
+      series: jobs.map((_, i) => ({ label: labels[i], color: gf.color(i) })),
+    };
+  }
+
+  /** One figure: the chart, with the last value of each job for screen readers. */
+  function metricFigure(name, columns) {
+    const figure = el("figure", {
+      class: "card compare-chart", "data-metric": name,
+      "data-lines": String(columns.filter((c) => c && c.step.length).length),
+    });
+    const summary = columns.map((c, i) => {
+      const last = lastPoint(c);
+      return `${labels[i]}: ${last ? `${gf.fmt(last.value)} at step ${last.step}` : "no data"}`;
+    }).join("; ");
+    figure.append(el("figcaption", { class: "visually-hidden", text: `${name}, last values. ${summary}` }));
+    const holder = el("div", { class: "chart", "aria-hidden": "true" });
+    figure.append(holder);
+    return { figure, holder };
+  }
+
+  /** "15 metrics. run-a is not finished: refresh for newer points." (with a Refresh button). */
+  function renderChartsStatus(status, metrics) {
+    const unfinished = jobs.filter((j) => !["succeeded", "failed", "cancelled"].includes(j.status));
+    const parts = [`${metrics.length} metric${metrics.length === 1 ? "" : "s"}.`];
+    if (!metrics.length) parts[0] = "No metrics recorded yet.";
+    if (unfinished.length) {
+      parts.push(`${unfinished.map(jobTitle).join(", ")} ${unfinished.length === 1 ? "is" : "are"} not finished: refresh for newer points.`);
+    }
+    status.replaceChildren(parts.join(" "));
+    if (unfinished.length) {
+      status.append(" ", el("button", { type: "button", onclick: () => reload(), text: "Refresh" }));
+    }
+  }
+
   async function renderCharts() {
     const status = $("compare-charts-status");
     const box = $("compare-charts");
@@ -257,36 +248,12 @@ const compare = (() => {
     const names = new Set();
     for (const a of answers) for (const n of Object.keys(a.series)) names.add(n);
     const metrics = sortMetrics(names);
-    const unfinished = jobs.filter((j) => !["succeeded", "failed", "cancelled"].includes(j.status));
-    const parts = [`${metrics.length} metric${metrics.length === 1 ? "" : "s"}.`];
-    if (!metrics.length) parts[0] = "No metrics recorded yet.";
-    if (unfinished.length) {
-      parts.push(`${unfinished.map(jobTitle).join(", ")} ${unfinished.length === 1 ? "is" : "are"} not finished: refresh for newer points.`);
-    }
-    status.replaceChildren(parts.join(" "));
-    if (unfinished.length) {
-      status.append(" ", el("button", { type: "button", onclick: () => reload(), text: "Refresh" }));
-    }
+    renderChartsStatus(status, metrics);
     for (const name of metrics) {
       const columns = answers.map((a) => a.series[name]);
-      const figure = el("figure", {
-        class: "card compare-chart", "data-metric": name,
-        "data-lines": String(columns.filter((c) => c && c.step.length).length),
-      });
-      const summary = columns.map((c, i) => {
-        const last = lastPoint(c);
-        return `${labels[i]}: ${last ? `${formatNumber(last.value)} at step ${last.step}` : "no data"}`;
-      }).join("; ");
-      figure.append(el("figcaption", { class: "visually-hidden", text: `${name}, last values. ${summary}` }));
-      const holder = el("div", { class: "chart", "aria-hidden": "true" });
-      figure.append(holder);
+      const { figure, holder } = metricFigure(name, columns);
       box.append(figure);
-      plots.push(lineChart(holder, {
-        title: name,
-        yLabel: Y_LABELS[name] || "",
-        series: jobs.map((_, i) => ({ label: labels[i], color: colour(i) })),
-        data: alignJobs(columns),
-      }));
+      plots.push(gf.chart(holder, chartDef(name), gf.align(columns)));
     }
   }
 
@@ -439,5 +406,5 @@ const compare = (() => {
     start().catch((err) => showError(`Something went wrong: ${err.message}`));
   }
 
-  return { parseIds, flatten, differences, lineLabels, sortMetrics, alignJobs, formatValue };
+  return { parseIds, flatten, differences, lineLabels, sortMetrics, formatValue };
 })();

@@ -8,7 +8,7 @@
   const root = document.getElementById("job");
   const jobId = root.dataset.jobId;
   const $ = (id) => document.getElementById(id);
-  const { el } = gf;
+  const { el, fmt } = gf;
 
   const FINISHED = ["succeeded", "failed", "cancelled"];
   const MAX_POINTS = 2000;
@@ -16,17 +16,27 @@
   const REFETCH_ABOVE = 4 * MAX_POINTS;
   const CHART_HEIGHT = 190;
 
-  /* Chart groups, in page order; a chart shows the group's series the job has. */
+  /* Chart groups, in page order; a chart shows the group's series the job has.
+   * y: its value axis (a key of Y_AXES, "linear" when absent); points: mark every point (sparse
+   * series); lineWidth, colors: of its lines; note(card, names): writes the card's note. */
   const GROUPS = [
     { key: "loss", title: "Losses", names: ["loss/d", "loss/g", "loss/penalty"] },
     { key: "d", title: "D outputs (mean logits)", names: ["d/real", "d/fake"] },
-    { key: "grad", title: "Gradient norms", names: ["grad_norm/d", "grad_norm/g"], logY: true },
-    { key: "audit", title: "Gradient-leak audit", names: ["audit/leak_d", "audit/leak_g"], kind: "audit",
-      colors: ["#d1495b", "#e9a03b"] },
-    { key: "eval", title: "Evaluation", kind: "eval",
+    { key: "grad", title: "Gradient norms", names: ["grad_norm/d", "grad_norm/g"], y: "log" },
+    { key: "audit", title: "Gradient-leak audit", names: ["audit/leak_d", "audit/leak_g"], y: "audit",
+      lineWidth: 2, colors: ["#d1495b", "#e9a03b"], note: auditNote },
+    { key: "eval", title: "Evaluation", y: "eval", points: true,
       names: ["eval/modes", "eval/hq", "eval/classifier_score", "eval/fcd"] },
     { key: "perf", title: "Throughput", names: ["perf/steps_per_s"], colors: ["#4d7f17"] },
   ];
+
+  /* Each kind of value axis as gf.chart options, for the names a chart shows. */
+  const Y_AXES = {
+    linear: () => ({}),
+    log: () => ({ scales: { y: { distr: 3, log: 10 } }, yAxis: { splits: logSplits } }),
+    audit: () => ({ scales: { y: { range: auditRange } }, hooks: { drawAxes: [drawZeroLine] } }),
+    eval: evalAxes,
+  };
 
   const state = {
     job: null,
@@ -49,16 +59,6 @@
   window.gfJob = { id: jobId, state, plots: state.plots };
 
   /* ---- formatting ------------------------------------------------------------------- */
-
-  function fmt(v) {
-    if (v === null || v === undefined) return "–";
-    if (!isFinite(v)) return String(v);
-    if (v === 0) return "0";
-    const a = Math.abs(v);
-    if (a >= 1e5 || a < 1e-3) return v.toExponential(2);
-    if (a >= 100) return v.toFixed(0);
-    return String(Number(v.toPrecision(4)));
-  }
 
   function bytes(n) {
     const units = ["B", "KB", "MB", "GB", "TB"];
@@ -242,23 +242,10 @@
     return group.names.filter((n) => state.series[n] && state.series[n].step.length);
   }
 
-  /** [xs, ys...] on one x axis: `undefined` where a series has no point (uPlot spans it),
-   * null where the value was not finite (a gap). Log axes cannot show values <= 0. */
+  /** The group's series on one x axis (gf.align); log axes cannot show values <= 0. */
   function plotData(group, names) {
-    const columns = names.map((n) => state.series[n]);
-    const steps = new Set();
-    for (const c of columns) for (const s of c.step) steps.add(s);
-    const xs = [...steps].sort((a, b) => a - b);
-    const index = new Map(xs.map((x, i) => [x, i]));
-    const ys = columns.map((c) => {
-      const y = new Array(xs.length).fill(undefined);
-      c.step.forEach((s, i) => {
-        const v = c.value[i];
-        y[index.get(s)] = group.logY && v !== null && v <= 0 ? null : v;
-      });
-      return y;
-    });
-    return [xs, ...ys];
+    const positive = (v) => (v !== null && v <= 0 ? null : v);
+    return gf.align(names.map((n) => state.series[n]), group.y === "log" ? positive : undefined);
   }
 
   function updateCharts() {
@@ -276,7 +263,7 @@
       } else {
         plot.setData(plotData(group, names), !plot.gfZoomed);
       }
-      if (group.kind === "audit") auditNote(card, names);
+      if (group.note) group.note(card, names);
       if (group.key === "loss") {
         state.lossHistory.push(state.plots.loss.data[0].length);
         if (state.lossHistory.length > 200) state.lossHistory.splice(0, 100);
@@ -292,7 +279,7 @@
     card = el("section", { class: "card chart-card", id: `chart-${group.key}`, "aria-labelledby": titleId, "data-group": group.key },
       el("h3", { class: "chart-title", id: titleId, text: group.title }),
       el("div", { class: "chart", role: "img" }),
-      group.kind === "audit" ? el("p", { class: "chart-note", "aria-live": "polite" }) : null);
+      group.note ? el("p", { class: "chart-note", "aria-live": "polite" }) : null);
     // Keep the page order of GROUPS whatever order the metrics appear in.
     const order = GROUPS.map((g) => g.key);
     const after = [...$("charts").children].find(
@@ -302,73 +289,38 @@
   }
 
   function buildPlot(group, names, container) {
-    const dual = group.kind === "eval" && names.length > 1;
     container.setAttribute("aria-label",
-      `${group.title}: ${names.join(", ")} by step${group.logY ? " (log scale)" : ""}`);
-    const series = [{ label: "step", value: (u, v) => (v == null ? "–" : v.toLocaleString()) }];
-    names.forEach((name, i) => {
-      const color = (group.colors && group.colors[i]) || gf.PALETTE[i % gf.PALETTE.length];
-      series.push({
-        label: name,
-        stroke: color,
-        width: group.kind === "audit" ? 2 : 1.5,
-        scale: dual && i > 0 ? "y2" : "y",
-        spanGaps: false,
-        points: group.kind === "eval" ? { show: true, size: 6, fill: color } : { show: false },
-        value: (u, v) => fmt(v),
-      });
+      `${group.title}: ${names.join(", ")} by step${group.y === "log" ? " (log scale)" : ""}`);
+    const axes = Y_AXES[group.y || "linear"](names);
+    const dual = Boolean(axes.scales && axes.scales.y2);
+    const series = names.map((name, i) => {
+      const color = (group.colors && group.colors[i]) || gf.color(i);
+      return {
+        label: name, color, width: group.lineWidth, scale: dual && i > 0 ? "y2" : "y",
+        points: group.points ? { show: true, size: 6, fill: color } : { show: false },
+      };
     });
-    const scales = { x: { time: false }, y: {} };
-    if (group.logY) scales.y = { distr: 3, log: 10 };
-    const ySplits = group.logY ? logSplits : undefined;
-    if (group.kind === "audit") {
-      // Zero at the bottom with a margin, so an all-zero run draws a clear line.
-      scales.y = { range: (u, min, max) => {
-        const top = max > 0 && isFinite(max) ? max * 1.15 : 1;
-        return [-0.06 * top, top];
-      } };
-    }
-    const axes = [
-      { label: "step", labelSize: 18, size: 36 },
-      { scale: "y", size: 56, values: axisValues, splits: ySplits, labelSize: 18 },
-    ];
-    if (group.kind === "eval") {
-      scales.y = { range: evalRange(names[0]) };
-      axes[1].label = evalLabel(names[0]);
-      if (names[0] === "eval/modes") axes[1].incrs = [1, 2, 5, 10, 20, 50, 100];
-      if (dual) {
-        scales.y2 = { range: evalRange(names[1]) };
-        axes.push({ scale: "y2", side: 1, size: 56, grid: { show: false }, label: evalLabel(names[1]),
-          labelSize: 18, values: axisValues });
-      }
-    }
-    const hooks = {
-      setScale: [(u, key) => {
-        if (key !== "x") return;
-        const xs = u.data[0];
-        u.gfZoomed = xs.length > 1 && (u.scales.x.min > xs[0] || u.scales.x.max < xs[xs.length - 1]);
-      }],
+    return gf.chart(container, { height: CHART_HEIGHT, series, ...axes }, plotData(group, names));
+  }
+
+  /** Zero at the bottom with a margin, so an all-zero run draws a clear line. */
+  function auditRange(u, min, max) {
+    const top = max > 0 && isFinite(max) ? max * 1.15 : 1;
+    return [-0.06 * top, top];
+  }
+
+  /** The evaluation chart's axes: the first metric's on the left, a second's on the right. */
+  function evalAxes(names) {
+    const def = {
+      scales: { y: { range: evalRange(names[0]) } },
+      yAxis: { label: evalLabel(names[0]) },
     };
-    if (group.kind === "audit") hooks.drawAxes = [drawZeroLine];
-    const opts = {
-      width: Math.max(240, container.clientWidth || 360),
-      height: CHART_HEIGHT,
-      scales, axes, series, hooks,
-      legend: { live: true },
-      cursor: { drag: { x: true, y: false } },
-    };
-    const plot = new uPlot(opts, plotData(group, names), container);
-    plot.gfZoomed = false;
-    if (window.ResizeObserver) {
-      const observer = new ResizeObserver(() => {
-        const width = Math.max(240, container.clientWidth);
-        if (width !== plot.width) plot.setSize({ width, height: CHART_HEIGHT });
-      });
-      observer.observe(container);
-      const destroy = plot.destroy.bind(plot);
-      plot.destroy = () => { observer.disconnect(); destroy(); };
+    if (names[0] === "eval/modes") def.yAxis.incrs = [1, 2, 5, 10, 20, 50, 100];
+    if (names.length > 1) {
+      def.scales.y2 = { range: evalRange(names[1]) };
+      def.axes = [{ scale: "y2", side: 1, grid: { show: false }, label: evalLabel(names[1]) }];
     }
-    return plot;
+    return def;
   }
 
   /** How many modes the job's data has (ring, grid), or null. */
@@ -395,8 +347,6 @@
       return [-0.04 * top, top * 1.06];
     };
   }
-
-  const axisValues = (u, ticks) => ticks.map((v) => (v == null ? "" : fmt(v)));
 
   /** Log-axis ticks at 1, 2 and 5 times the powers of ten in view (fewer when it spans many). */
   function logSplits(u, axis, min, max) {
