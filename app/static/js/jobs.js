@@ -137,10 +137,22 @@
   function updateRow(row, job) {
     const prev = row.job;
     row.job = job;
-    const c = row.cells;
     const name = label(job);
     row.tr.dataset.status = job.status;
+    updateName(row.cells, job, name);
+    if (!prev || prev.status !== job.status) {
+      row.cells.status.replaceChildren(gf.badge(job.status));
+      if (prev && FINISHED.includes(job.status)) announce(`Job ${name} ${job.status}.`);
+    }
+    if (!prev || prev.step !== job.step || prev.steps !== job.steps) updateProgress(row.cells, job, name);
+    updateTiming(row);
+    updateTags(row, job);
+    if (!prev || prev.created_at !== job.created_at) updateCreated(row.cells, job);
+    updateActions(row, job, name);
+  }
 
+  /** The name, the short id beside a name, and the first line of an error. */
+  function updateName(c, job, name) {
     setText(c.link, name);
     setText(c.shortId, job.name ? job.id.slice(0, 8) : "");
     if (job.error) {
@@ -151,69 +163,73 @@
     } else if (!c.error.hidden) {
       c.error.hidden = true;
     }
+  }
 
-    if (!prev || prev.status !== job.status) {
-      c.status.replaceChildren(gf.badge(job.status));
-      if (prev && FINISHED.includes(job.status)) announce(`Job ${name} ${job.status}.`);
-    }
+  function updateProgress(c, job, name) {
+    const steps = Math.max(1, job.steps);
+    c.bar.max = steps;
+    c.bar.value = Math.min(job.step, steps);
+    c.bar.setAttribute("aria-label", `Progress of ${name}: step ${job.step} of ${job.steps}`);
+    setText(c.stepText, `${job.step.toLocaleString()} / ${job.steps.toLocaleString()}`);
+  }
 
-    if (!prev || prev.step !== job.step || prev.steps !== job.steps) {
-      const steps = Math.max(1, job.steps);
-      c.bar.max = steps;
-      c.bar.value = Math.min(job.step, steps);
-      c.bar.setAttribute("aria-label", `Progress of ${name}: step ${job.step} of ${job.steps}`);
-      setText(c.stepText, `${job.step.toLocaleString()} / ${job.steps.toLocaleString()}`);
-    }
-    updateTiming(row);
-
+  /** A button per tag (pressed: the tag filtered on); rebuilt only when they change. */
+  function updateTags(row, job) {
+    const c = row.cells;
     const tagsKey = JSON.stringify([job.tags, state.tag]);
-    if (row.tagsKey !== tagsKey) {
-      row.tagsKey = tagsKey;
-      keepFocus(c.tags, () =>
-        c.tags.replaceChildren(
-          ...job.tags.map((t) =>
-            gf.el("button", {
-              type: "button",
-              class: "tag",
-              "data-tag": t,
-              "aria-pressed": t === state.tag ? "true" : "false",
-              "aria-label": `Show only jobs tagged ${t}`,
-              text: t,
-              onclick: () => filterByTag(t),
-            }),
-          ),
+    if (row.tagsKey === tagsKey) return;
+    row.tagsKey = tagsKey;
+    keepFocus(c.tags, () =>
+      c.tags.replaceChildren(
+        ...job.tags.map((t) =>
+          gf.el("button", {
+            type: "button",
+            class: "tag",
+            "data-tag": t,
+            "aria-pressed": t === state.tag ? "true" : "false",
+            "aria-label": `Show only jobs tagged ${t}`,
+            text: t,
+            onclick: () => filterByTag(t),
+          }),
         ),
-      );
-      c.tags.classList.toggle("is-empty", job.tags.length === 0);
-    }
+      ),
+    );
+    c.tags.classList.toggle("is-empty", job.tags.length === 0);
+  }
 
-    if (!prev || prev.created_at !== job.created_at) {
-      c.time.dateTime = job.created_at;
-      c.time.title = new Date(job.created_at).toLocaleString();
-      setText(c.time, shortTime(job.created_at));
-    }
+  function updateCreated(c, job) {
+    c.time.dateTime = job.created_at;
+    c.time.title = new Date(job.created_at).toLocaleString();
+    setText(c.time, shortTime(job.created_at));
+  }
 
+  /** The action buttons the status allows, then Clone; rebuilt only when they change. */
+  function updateActions(row, job, name) {
+    const c = row.cells;
     const actions = actionsFor(job.status);
     const key = actions.join(",");
     if (row.actionsKey !== key) {
       row.actionsKey = key;
       keepFocus(c.actions, () => {
-        const buttons = actions.map((entry) => {
-          const [a, pending] = entry.split(":");
-          return gf.el("button", {
-            type: "button",
-            class: a === "delete" ? "danger" : null,
-            "data-action": a,
-            "aria-disabled": pending ? "true" : null,
-            "aria-label": pending ? `Cancelling ${name}` : `${ACTION_TEXT[a]} ${name}`,
-            text: pending ? "Cancelling…" : ACTION_TEXT[a],
-            onclick: pending ? null : () => act(row, a),
-          });
-        });
+        const buttons = actions.map((entry) => actionButton(row, entry, name));
         c.actionList.replaceChildren(...buttons, c.clone);
       });
     }
     c.clone.setAttribute("aria-label", `Clone ${name} into a new job`);
+  }
+
+  /** "cancel", "resume", "delete", or "cancel:pending" (inert, still focusable). */
+  function actionButton(row, entry, name) {
+    const [a, pending] = entry.split(":");
+    return gf.el("button", {
+      type: "button",
+      class: a === "delete" ? "danger" : null,
+      "data-action": a,
+      "aria-disabled": pending ? "true" : null,
+      "aria-label": pending ? `Cancelling ${name}` : `${ACTION_TEXT[a]} ${name}`,
+      text: pending ? "Cancelling…" : ACTION_TEXT[a],
+      onclick: pending ? null : () => act(row, a),
+    });
   }
 
   /** Rebuild `cell`; when focus was inside, put it back on the same control or a neighbour. */
