@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,7 +19,7 @@ import typer
 
 if TYPE_CHECKING:
     from trainer.spec import TrainSpec
-    from trainer.training import Trainer
+    from trainer.training import Progress, Trainer, TrainResult
 
 app = typer.Typer(
     add_completion=False,
@@ -95,8 +96,6 @@ def train(
 def _train(
     spec: TrainSpec, trainer: Trainer, out: Path, *, resumed: bool, overwrite: bool, progress: bool
 ) -> None:
-    from tqdm import tqdm
-
     from trainer.sinks import directory_sinks
     from trainer.training import TrainingDiverged
 
@@ -104,22 +103,49 @@ def _train(
         typer.echo(f"warning: {warning}", err=True)
     _prepare_out(out, resume_step=trainer.step if resumed else None, overwrite=overwrite)
     (out / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")
+    started = time.perf_counter()
+    try:
+        with (
+            _ctrl_c_stops() as stop_requested,
+            _progress_bar(spec.steps, trainer.step, enabled=progress) as show,
+        ):
+            result = trainer.run(directory_sinks(out), should_stop=stop_requested, progress=show)
+    except TrainingDiverged as exc:
+        fail(f"{exc} (metrics so far in {out / 'metrics.jsonl'})", code=1)
+    _report(result, out, elapsed=time.perf_counter() - started)
 
-    stop_requested = False
+
+@contextlib.contextmanager
+def _ctrl_c_stops() -> Iterator[Callable[[], bool]]:
+    """While inside, the first Ctrl-C asks the run to stop after this step (so it keeps a
+    checkpoint to resume from); a second one interrupts at once. Yields `should_stop`."""
+    requested = False
 
     def on_interrupt(signum: int, frame: object) -> None:
-        nonlocal stop_requested
-        if stop_requested:  # a second Ctrl-C stops at once
+        nonlocal requested
+        if requested:
             raise KeyboardInterrupt
-        stop_requested = True
+        requested = True
         typer.echo("\nstopping after this step (Ctrl-C again to abort)...", err=True)
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield lambda: requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, initial: int, *, enabled: bool) -> Iterator[Progress]:
+    """A tqdm bar on stderr (closed on leaving) and the `progress` callback that moves it,
+    showing the losses and the main quality numbers as they are recorded."""
+    from tqdm import tqdm
+
     bar = tqdm(
-        total=spec.steps,
-        initial=trainer.step,
+        total=total,
+        initial=initial,
         unit="step",
-        disable=not progress,
+        disable=not enabled,
         mininterval=0.5,
         dynamic_ncols=True,
         file=sys.stderr,
@@ -137,21 +163,14 @@ def _train(
                 refresh=False,
             )
 
-    started = time.perf_counter()
     try:
-        result = trainer.run(
-            directory_sinks(out), should_stop=lambda: stop_requested, progress=show
-        )
-    except TrainingDiverged as exc:
-        bar.close()
-        fail(f"{exc} (metrics so far in {out / 'metrics.jsonl'})", code=1)
+        yield show
     finally:
         bar.close()
-        signal.signal(signal.SIGINT, previous)
-    elapsed = time.perf_counter() - started
-    summary = ", ".join(
-        f"{k} {v:.3g}" for k, v in result.last_metrics.items() if k.startswith(("eval/", "loss/"))
-    )
+
+
+def _report(result: TrainResult, out: Path, *, elapsed: float) -> None:
+    """The run's last lines: where to resume a stopped run (exit 130), or a summary."""
     if result.status == "stopped":
         typer.echo(
             f"stopped at step {result.step}; resume with --resume "
@@ -159,6 +178,9 @@ def _train(
             err=True,
         )
         raise typer.Exit(130)
+    summary = ", ".join(
+        f"{k} {v:.3g}" for k, v in result.last_metrics.items() if k.startswith(("eval/", "loss/"))
+    )
     typer.echo(f"done: {result.step} steps in {elapsed:.1f} s ({summary})")
     typer.echo(f"results: {out} (spec.json, metrics.jsonl, samples/, checkpoints/)")
 

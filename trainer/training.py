@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from trainer import checkpoint as ckpt_io
-from trainer.checkpoint import Checkpoint, CheckpointError, CheckpointRecord
+from trainer import state
+from trainer.checkpoint import Checkpoint, CheckpointRecord
 from trainer.data import Dataset, check_model_fits, load_dataset
 from trainer.ddp import AllReduceCounter, Rank, any_rank, rank_device, wrap
-from trainer.engine import StepEngine
+from trainer.engine import StepEngine, StepStats
 from trainer.models import build_models
+from trainer.optim import build_optimizer, set_decayed_lr
 from trainer.sinks import Sinks
-from trainer.spec import Optimizer, TrainSpec
+from trainer.spec import TrainSpec
 
 # The data/noise RNG is seeded apart from model initialisation so the two never share draws.
 DATA_SEED_OFFSET = 0x5EED
@@ -55,28 +57,30 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_optimizer(cfg: Optimizer, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-    return torch.optim.RMSprop(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+class ThroughputClock:
+    """Training steps per second between recorded steps. The time the loop spends inside
+    `paused()` (evaluation, metrics, samples, checkpoints) is left out, so the rate is the
+    training's own, whatever the `every.*` settings."""
 
+    def __init__(self, step: int) -> None:
+        self._since = time.perf_counter()
+        self._since_step = step
+        self._paused = 0.0
 
-def decayed_lr(cfg: Optimizer, step: int, steps: int) -> float:
-    """The learning rate of generator step `step` (1-based) of `steps` under `cfg.decay`."""
-    done = (step - 1) / steps  # 0 on the first step, just under 1 on the last
-    if cfg.decay == "linear":
-        return cfg.lr * (1.0 - done)
-    if cfg.decay == "cosine":
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * done))
-    return cfg.lr
+    def steps_per_s(self, step: int) -> float:
+        """The rate from the previous call (or the start) to `step`; the clock starts over."""
+        now = time.perf_counter()
+        rate = (step - self._since_step) / max(now - self._since - self._paused, 1e-9)
+        self._since, self._since_step, self._paused = now, step, 0.0
+        return rate
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused += time.perf_counter() - started
 
 
 class Trainer:
@@ -94,41 +98,47 @@ class Trainer:
         """`rank`: this process's place in a distributed job (`trainer.distributed.ranks`
         starts the processes and the group); only rank 0 writes to the sinks."""
         self.spec = spec
-        self.rank = rank or Rank()
-        if spec.distributed.world_size != self.rank.world:
-            raise ValueError(
-                f"distributed.world_size: {spec.distributed.world_size}, but this process is "
-                f"rank {self.rank.rank} of {self.rank.world} (start the ranks with "
-                "trainer.distributed.ranks)"
-            )
+        self.rank = _checked_rank(spec, rank or Rank())
         self.device = rank_device(resolve_device(spec.device), self.rank)
         self.dtype = torch.float64 if spec.precision == "fp64" else torch.float32
-        dataset = load_dataset(spec.data, resolve_dataset=resolve_dataset)
-        check_model_fits(spec.model, dataset)
-        self.dataset: Dataset = dataset.to(self.device, self.dtype)
-        generator, discriminator = build_models(spec.model, dataset.shape, seed=spec.seed)
-        self.generator = generator.to(self.device, self.dtype)
-        self.discriminator = discriminator.to(self.device, self.dtype)
+        self.dataset = self._load_dataset(resolve_dataset)
+        self.generator, self.discriminator = self._build_networks()
         self.opt_g = build_optimizer(spec.optim.g, list(self.generator.parameters()))
         self.opt_d = build_optimizer(spec.optim.d, list(self.discriminator.parameters()))
-        # The EMA copy is made before the audit hooks exist, so it carries none.
-        self.ema: AveragedModel | None = None
-        if spec.ema > 0:
-            self.ema = AveragedModel(
-                self.generator, multi_avg_fn=get_ema_multi_avg_fn(spec.ema), use_buffers=True
-            )
+        # The EMA copy is made before the engine adds its audit hooks, so it carries none.
+        self.ema = _ema_of(self.generator, spec.ema)
         self.rng = torch.Generator().manual_seed(spec.seed + DATA_SEED_OFFSET)
-        # Every rank: the networks wrapped in DDP, gradient all-reduces counted per network.
-        self.ddp = None
-        self.all_reduces: dict[str, AllReduceCounter] = {}
-        if self.rank.distributed:
-            self.ddp = {
-                "g": wrap(self.generator, self.device),
-                "d": wrap(self.discriminator, self.device),
-            }
-            self.all_reduces = {n: AllReduceCounter().attach(m) for n, m in self.ddp.items()}
-        self.engine = StepEngine(
-            spec,
+        self.ddp, self.all_reduces = self._wrap_for_ranks()
+        self.engine = self._build_engine(sync_once=sync_once)
+        self.step = 0
+        self.leak_warned = False
+        wanted = evaluate and self.rank.writes
+        self._evaluator = _make_evaluator(spec, self.dataset) if wanted else None
+
+    def _load_dataset(self, resolve_dataset: Callable[[str], Path] | None) -> Dataset:
+        dataset = load_dataset(self.spec.data, resolve_dataset=resolve_dataset)
+        check_model_fits(self.spec.model, dataset)
+        return dataset.to(self.device, self.dtype)
+
+    def _build_networks(self) -> tuple[nn.Module, nn.Module]:
+        """Generator and discriminator, initialised from the spec's seed, on the device."""
+        spec = self.spec
+        generator, discriminator = build_models(spec.model, self.dataset.shape, seed=spec.seed)
+        return generator.to(self.device, self.dtype), discriminator.to(self.device, self.dtype)
+
+    def _wrap_for_ranks(
+        self,
+    ) -> tuple[dict[str, DistributedDataParallel] | None, dict[str, AllReduceCounter]]:
+        """Every rank: the networks wrapped in DDP, gradient all-reduces counted per network
+        (what the tests and benchmarks read). A job of one rank wraps nothing."""
+        if not self.rank.distributed:
+            return None, {}
+        ddp = {"g": wrap(self.generator, self.device), "d": wrap(self.discriminator, self.device)}
+        return ddp, {n: AllReduceCounter().attach(m) for n, m in ddp.items()}
+
+    def _build_engine(self, *, sync_once: bool) -> StepEngine:
+        return StepEngine(
+            self.spec,
             dataset=self.dataset,
             generator=self.generator,
             discriminator=self.discriminator,
@@ -141,10 +151,6 @@ class Trainer:
             ddp=self.ddp,
             sync_once=sync_once,
         )
-        self.step = 0
-        self.leak_warned = False
-        wanted = evaluate and self.rank.writes
-        self._evaluator = _make_evaluator(spec, self.dataset) if wanted else None
 
     # ---- sampling -------------------------------------------------------------------
 
@@ -175,63 +181,15 @@ class Trainer:
     # ---- checkpoints ----------------------------------------------------------------
 
     def checkpoint(self) -> Checkpoint:
-        tensors = {
-            **ckpt_io.module_tensors("generator.", self.generator),
-            **ckpt_io.module_tensors("discriminator.", self.discriminator),
-        }
-        optim = {}
-        for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
-            opt_tensors, optim[name] = ckpt_io.pack_optimizer(name + ".", opt)
-            tensors.update(opt_tensors)
-        meta: dict[str, Any] = {
-            "spec": self.spec.model_dump(mode="json"),
-            "data_shape": list(self.dataset.shape),
-            "optimizers": optim,
-            "rng": {
-                "data": ckpt_io.encode_rng(self.rng.get_state()),
-                "torch": ckpt_io.encode_rng(torch.get_rng_state()),
-            },
-            "scalers": {n: s.state_dict() for n, s in self.engine.scaler.items() if s is not None},
-            "leak_warned": self.leak_warned,
-        }
-        if self.ema is not None:
-            tensors.update(ckpt_io.module_tensors("generator_ema.", self.ema.module))
-            meta["ema"] = {"decay": self.spec.ema, "n_averaged": int(self.ema.n_averaged)}
-        return ckpt_io.make_checkpoint(self.step, tensors, meta)
+        """Everything a run needs to continue exactly: see `trainer.state`."""
+        return state.checkpoint_of(self)
 
     def load(self, ckpt: Checkpoint) -> None:
         """Continue from a checkpoint of a run of the same spec (steps may differ, and the
         world size: every rank holds the same state, and draws the same batches)."""
-        saved = TrainSpec.model_validate(ckpt.meta["spec"])
-        same = {"steps": self.spec.steps, "distributed": self.spec.distributed}
-        if saved.model_copy(update=same) != self.spec:
-            raise CheckpointError(
-                "checkpoint: it was made by a different spec (only steps and distributed "
-                "may differ)"
-            )
-        meta = ckpt.meta
-        self.generator.load_state_dict(ckpt.tensors("generator."))
-        self.discriminator.load_state_dict(ckpt.tensors("discriminator."))
-        for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
-            opt.load_state_dict(
-                ckpt_io.unpack_optimizer(name + ".", ckpt, meta["optimizers"][name])
-            )
-        for name, state in meta.get("scalers", {}).items():
-            scaler = self.engine.scaler[name]
-            assert scaler is not None
-            scaler.load_state_dict(state)
-        if self.ema is not None:
-            self.ema.module.load_state_dict(ckpt.tensors("generator_ema."))
-            self.ema.n_averaged.fill_(meta["ema"]["n_averaged"])
-        self.rng.set_state(ckpt_io.decode_rng(meta["rng"]["data"]))
-        torch.set_rng_state(ckpt_io.decode_rng(meta["rng"]["torch"]))
-        self.leak_warned = bool(meta.get("leak_warned", False))
-        self.step = ckpt.step
+        state.restore(self, ckpt)
 
     # ---- the loop -------------------------------------------------------------------
-
-    def _due(self, every: int, step: int) -> bool:
-        return every > 0 and (step % every == 0 or step == self.spec.steps)
 
     def run(
         self,
@@ -247,58 +205,90 @@ class Trainer:
         In a distributed job every rank runs this; rank 0's `should_stop` stops them all at
         the same step, and only rank 0 writes metrics, samples, checkpoints and warnings.
         """
-        spec, every = self.spec, self.spec.every
-        writer = self.rank.writes
         result = TrainResult("succeeded", self.step)
-        tick, ticked_at, busy = time.perf_counter(), self.step, 0.0
-        while self.step < spec.steps:
-            stop = writer and should_stop is not None and should_stop()
-            if self.rank.distributed:
-                stop = any_rank(stop, self.device)
-            if stop:
+        clock = ThroughputClock(self.step)
+        while self.step < self.spec.steps:
+            if self._stop_voted(should_stop):
                 result.status = "stopped"
+                self._checkpoint_on_stop(sinks, result)
                 break
-            step = self.step + 1
-            record = step % every.metrics == 0 or step == spec.steps
-            for opt, cfg in ((self.opt_g, spec.optim.g), (self.opt_d, spec.optim.d)):
-                if cfg.decay != "none":
-                    for group in opt.param_groups:
-                        group["lr"] = decayed_lr(cfg, step, spec.steps)
-            stats = self.engine.step(record=record)
-            if self.ema is not None:
-                self.ema.update_parameters(self.generator)
-            self.step = step
-            if writer:
-                self._warn_on_leak(sinks, step)
-            values: dict[str, float] | None = None
-            if stats is not None:
-                now = time.perf_counter()
-                rate = (step - ticked_at) / max(now - tick - busy, 1e-9)
-                tick, ticked_at, busy = now, step, 0.0
-                values = stats.numbers()
-                values["perf/steps_per_s"] = rate
-                values["perf/samples_per_s"] = rate * spec.batch_size
-            started = time.perf_counter()
-            if self._evaluator is not None and self._due(every.eval, step):
-                values = {**(values or {}), **self._evaluator(self)}
-            if values:
-                if writer:
-                    sinks.metrics.write(step, values)
-                result.last_metrics = values
-                _raise_if_diverged(step, values)  # the same numbers on every rank
-            if writer and self._due(every.samples, step):
-                sinks.samples.write(step, self.sample_png())
-            if writer and self._due(every.checkpoint, step):
-                result.checkpoints.append(sinks.checkpoints.write(self.checkpoint()))
-            busy += time.perf_counter() - started
+            stats = self._train_step(sinks)
+            values = self._numbers(stats, clock)
+            with clock.paused():  # evaluating and writing are not training throughput
+                values = self._evaluate(values)
+                self._record(sinks, values, result)
+                self._write_samples_and_checkpoint(sinks, result)
             if progress is not None:
-                progress(step, values)
-        stopped = result.status == "stopped"
-        if writer and stopped and every.checkpoint > 0 and self.step > result.step:
-            if not result.checkpoints or result.checkpoints[-1].step != self.step:
-                result.checkpoints.append(sinks.checkpoints.write(self.checkpoint()))
+                progress(self.step, values)
         result.step = self.step
         return result
+
+    def _stop_voted(self, should_stop: Callable[[], bool] | None) -> bool:
+        """Rank 0 asks `should_stop`; every rank learns its answer, to stop at the same step."""
+        stop = self.rank.writes and should_stop is not None and should_stop()
+        if self.rank.distributed:
+            stop = any_rank(stop, self.device)
+        return stop
+
+    def _train_step(self, sinks: Sinks) -> StepStats | None:
+        """One generator step (LR decay, the engine's step, EMA); its stats when recorded."""
+        step = self.step + 1
+        spec = self.spec
+        set_decayed_lr(self.opt_g, spec.optim.g, step, spec.steps)
+        set_decayed_lr(self.opt_d, spec.optim.d, step, spec.steps)
+        stats = self.engine.step(record=step % spec.every.metrics == 0 or step == spec.steps)
+        if self.ema is not None:
+            self.ema.update_parameters(self.generator)
+        self.step = step
+        if self.rank.writes:
+            self._warn_on_leak(sinks, step)
+        return stats
+
+    def _numbers(self, stats: StepStats | None, clock: ThroughputClock) -> dict[str, float] | None:
+        """What a recorded step measured, with the throughput since the last recorded one."""
+        if stats is None:
+            return None
+        rate = clock.steps_per_s(self.step)
+        return {
+            **stats.numbers(),
+            "perf/steps_per_s": rate,
+            "perf/samples_per_s": rate * self.spec.batch_size,
+        }
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and (self.step % every == 0 or self.step == self.spec.steps)
+
+    def _evaluate(self, values: dict[str, float] | None) -> dict[str, float] | None:
+        """The step's numbers with the quality metrics added, when an evaluation is due."""
+        if self._evaluator is None or not self._due(self.spec.every.eval):
+            return values
+        return {**(values or {}), **self._evaluator(self)}
+
+    def _record(self, sinks: Sinks, values: dict[str, float] | None, result: TrainResult) -> None:
+        """Write the step's numbers and stop on a diverged one (the same numbers on every rank,
+        so every rank raises at the same step)."""
+        if not values:
+            return
+        if self.rank.writes:
+            sinks.metrics.write(self.step, values)
+        result.last_metrics = values
+        _raise_if_diverged(self.step, values)
+
+    def _write_samples_and_checkpoint(self, sinks: Sinks, result: TrainResult) -> None:
+        if not self.rank.writes:
+            return
+        if self._due(self.spec.every.samples):
+            sinks.samples.write(self.step, self.sample_png())
+        if self._due(self.spec.every.checkpoint):
+            result.checkpoints.append(sinks.checkpoints.write(self.checkpoint()))
+
+    def _checkpoint_on_stop(self, sinks: Sinks, result: TrainResult) -> None:
+        """A stopped run keeps a checkpoint of where it stopped, to resume from, unless it
+        took no step this run or its last checkpoint is already of this step."""
+        if not self.rank.writes or self.spec.every.checkpoint == 0 or self.step == result.step:
+            return
+        if not result.checkpoints or result.checkpoints[-1].step != self.step:
+            result.checkpoints.append(sinks.checkpoints.write(self.checkpoint()))
 
     def _warn_on_leak(self, sinks: Sinks, step: int) -> None:
         if self.leak_warned:
@@ -326,6 +316,21 @@ def generate_from(generator: nn.Module, n: int, *, seed: int, latent: int) -> to
             return generator(noise.to(param.device))
     finally:
         generator.train(was_training)
+
+
+def _checked_rank(spec: TrainSpec, rank: Rank) -> Rank:
+    if spec.distributed.world_size != rank.world:
+        raise ValueError(
+            f"distributed.world_size: {spec.distributed.world_size}, but this process is "
+            f"rank {rank.rank} of {rank.world} (start the ranks with trainer.distributed.ranks)"
+        )
+    return rank
+
+
+def _ema_of(generator: nn.Module, decay: float) -> AveragedModel | None:
+    if decay <= 0:
+        return None
+    return AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _raise_if_diverged(step: int, values: dict[str, float]) -> None:

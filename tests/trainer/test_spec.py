@@ -101,8 +101,8 @@ def test_load_spec_reads_yaml_and_json_and_reports_bad_files(tmp_path):
 
 
 def test_learning_rate_decay_schedules():
+    from trainer.optim import decayed_lr
     from trainer.spec import Optimizer
-    from trainer.training import decayed_lr
 
     linear = Optimizer(lr=1.0, decay="linear")
     assert decayed_lr(linear, 1, 100) == 1.0
