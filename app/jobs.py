@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, select, update
 
 from app import devices as device_leases
-from app.models import FINISHED, Checkpoint, Job, MetricPoint, Sample, utcnow
+from app.models import FINISHED, Checkpoint, Job, JobStatus, MetricPoint, Sample, utcnow
 
 LEASE = timedelta(seconds=60)
 
@@ -55,9 +55,9 @@ def claim(
     now = utcnow()
     result = conn.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             attempt=Job.attempt + 1,
             lease_owner=owner,
             lease_expires_at=now + lease,
@@ -84,7 +84,9 @@ def heartbeat(
     result = conn.execute(
         update(Job)
         .where(
-            Job.id == job_id, Job.lease_owner == owner, Job.status.in_(("running", "cancelling"))
+            Job.id == job_id,
+            Job.lease_owner == owner,
+            Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)),
         )
         .values(**values)
     )
@@ -116,7 +118,9 @@ def finish(
     result = conn.execute(
         update(Job)
         .where(
-            Job.id == job_id, Job.lease_owner == owner, Job.status.in_(("running", "cancelling"))
+            Job.id == job_id,
+            Job.lease_owner == owner,
+            Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)),
         )
         .values(**values)
     )
@@ -132,12 +136,14 @@ def release(conn: Connection, job_id: str, owner: str, step: int | None) -> bool
     if step is not None:
         cleared["step"] = step
     conn.execute(
-        base.where(Job.status == "cancelling").values(
-            status="cancelled", finished_at=utcnow(), **cleared
+        base.where(Job.status == JobStatus.CANCELLING).values(
+            status=JobStatus.CANCELLED, finished_at=utcnow(), **cleared
         )
     )
     result = conn.execute(
-        base.where(Job.status == "running").values(status="queued", queued_at=utcnow(), **cleared)
+        base.where(Job.status == JobStatus.RUNNING).values(
+            status=JobStatus.QUEUED, queued_at=utcnow(), **cleared
+        )
     )
     device_leases.release(conn, job_id, owner)
     return result.rowcount == 1
@@ -148,16 +154,18 @@ def request_cancel(conn: Connection, job_id: str) -> str:
     now = utcnow()
     queued = conn.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(status="cancelled", finished_at=now)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, finished_at=now)
     )
     if queued.rowcount == 1:
-        return "cancelled"
+        return JobStatus.CANCELLED
     conn.execute(
-        update(Job).where(Job.id == job_id, Job.status == "running").values(status="cancelling")
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+        .values(status=JobStatus.CANCELLING)
     )
     status = conn.scalar(select(Job.status).where(Job.id == job_id))
-    if status in ("cancelling",):
+    if status == JobStatus.CANCELLING:
         return status
     raise TransitionError(
         f"job {job_id} is {status}; only a queued or running job can be cancelled"
@@ -168,8 +176,8 @@ def request_resume(conn: Connection, job_id: str) -> None:
     """Requeue a failed or cancelled job; its worker continues from the last checkpoint."""
     result = conn.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(("failed", "cancelled")))
-        .values(status="queued", error=None, finished_at=None, queued_at=utcnow())
+        .where(Job.id == job_id, Job.status.in_((JobStatus.FAILED, JobStatus.CANCELLED)))
+        .values(status=JobStatus.QUEUED, error=None, finished_at=None, queued_at=utcnow())
     )
     if result.rowcount != 1:
         status = conn.scalar(select(Job.status).where(Job.id == job_id))
@@ -201,7 +209,7 @@ def requeue_expired(conn: Connection, job_id: str, now: datetime) -> str | None:
     row = conn.execute(
         select(Job.status, Job.attempt, Job.max_attempts).where(
             Job.id == job_id,
-            Job.status.in_(("running", "cancelling")),
+            Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)),
             Job.lease_expires_at < now,
         )
     ).first()
@@ -209,13 +217,13 @@ def requeue_expired(conn: Connection, job_id: str, now: datetime) -> str | None:
         return None
     status, attempt, max_attempts = row
     cleared = {"lease_owner": None, "lease_expires_at": None}
-    if status == "cancelling":
-        values: dict[str, Any] = {"status": "cancelled", "finished_at": now, **cleared}
+    if status == JobStatus.CANCELLING:
+        values: dict[str, Any] = {"status": JobStatus.CANCELLED, "finished_at": now, **cleared}
     elif attempt < max_attempts:
-        values = {"status": "queued", "queued_at": now, **cleared}
+        values = {"status": JobStatus.QUEUED, "queued_at": now, **cleared}
     else:
         values = {
-            "status": "failed",
+            "status": JobStatus.FAILED,
             "finished_at": now,
             "error": f"worker lost: its lease expired on attempt {attempt} of {max_attempts}",
             **cleared,

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from app.models import JobStatus
 from trainer.spec import TrainSpec
 
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[\w.:/-]+$")]
@@ -31,7 +32,7 @@ class JobOut(BaseModel):
 
     id: str
     name: str | None
-    status: str
+    status: JobStatus
     step: int
     steps: int
     spec: dict[str, Any]

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx2
 
+from app.models import JobStatus
+
 SHOWN = ("loss/d", "loss/g", "audit/leak_d", "audit/leak_g", "eval/modes", "eval/hq")
 
 
@@ -90,7 +92,7 @@ def watch(client: httpx2.Client, job: dict[str, Any], echo: Any) -> int:
     if answer.status_code == 200:
         final = answer.json()
     status = final["status"]
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         echo(f"job {job['id']} succeeded at step {final['step']}")
         return 0
     reason = f": {final['error']}" if final.get("error") else ""

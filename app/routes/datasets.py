@@ -41,7 +41,7 @@ from app.datasets import (
     usable_with,
 )
 from app.deps import SessionDep, SettingsDep, StoreDep, field_error
-from app.models import Dataset, Job, new_id
+from app.models import ACTIVE, Dataset, Job, new_id
 from app.store import ArtifactStore
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ router = APIRouter(prefix="/api")
 # the file itself, in the Content-Length check and the cap on the whole body.
 MULTIPART_OVERHEAD = 64 * 1024
 # Jobs in these states may still read their dataset: it cannot be deleted under them.
-ACTIVE_STATUSES = ("queued", "running", "cancelling")
 
 
 class DatasetOut(BaseModel):
@@ -365,7 +364,7 @@ def jobs_using(session: Session, dataset_id: str, statuses: tuple[str, ...]) -> 
 def delete_dataset(dataset_id: str, session: SessionDep, store: StoreDep) -> Response:
     """Remove a dataset and its file; 409 while a queued, running or cancelling job uses it."""
     row = dataset_or_404(session, dataset_id)
-    using = jobs_using(session, dataset_id, ACTIVE_STATUSES)
+    using = jobs_using(session, dataset_id, ACTIVE)
     if using:
         shown = ", ".join(using[:10]) + (", ..." if len(using) > 10 else "")
         raise HTTPException(

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, joinedload, sessionmaker
 from app import jobs, queue
 from app.auth import CallerDep
 from app.deps import SessionDep, SettingsDep, StoreDep, field_error, job_or_404, unprocessable
-from app.models import FINISHED, JOB_STATUSES, Job, JobTag, utcnow
+from app.models import FINISHED, JOB_STATUSES, Job, JobStatus, JobTag, utcnow
 from app.schemas import JobCreate, JobOut, JobPage
 from app.speccheck import service_problems
 from trainer.errors import first_line
@@ -50,7 +50,7 @@ def create_job(
         )
     job = Job(
         name=body.name or spec.name,
-        status="queued",
+        status=JobStatus.QUEUED,
         steps=spec.steps,
         spec=spec.model_dump(mode="json"),
         warnings=spec.warnings(),
@@ -131,8 +131,10 @@ def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobOu
     except Exception as exc:  # noqa: BLE001
         session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
-            .values(status="failed", error=f"broker: cannot queue the job: {first_line(exc)}")
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+            .values(
+                status=JobStatus.FAILED, error=f"broker: cannot queue the job: {first_line(exc)}"
+            )
         )
         session.commit()
         raise HTTPException(503, f"broker: cannot queue the job: {first_line(exc)}") from None

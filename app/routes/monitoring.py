@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from app import queue
 from app.deps import SessionDep, SettingsDep
 from app.devices import device_report, largest_worker
-from app.models import JOB_STATUSES, Job, MetricPoint, utcnow
+from app.models import JOB_STATUSES, Job, JobStatus, MetricPoint, utcnow
 from app.settings import Settings
 
 router = APIRouter()
@@ -66,7 +66,9 @@ class ServiceCollector(Collector):
             "ganforge_job_step", "Generator steps done by running jobs.", labels=["job_id"]
         )
         running = self.session.execute(
-            select(Job.id, Job.step).where(Job.status.in_(("running", "cancelling")))
+            select(Job.id, Job.step).where(
+                Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING))
+            )
         ).all()
         for job_id, job_step in running:
             step.add_metric([job_id], float(job_step))
@@ -100,7 +102,7 @@ class ServiceCollector(Collector):
 
     def _gpu_queues(self) -> set[str]:
         """The `gpuN` queues in use: those of queued jobs and of the live workers' sizes."""
-        specs = self.session.scalars(select(Job.spec).where(Job.status == "queued"))
+        specs = self.session.scalars(select(Job.spec).where(Job.status == JobStatus.QUEUED))
         names = {queue.stored_queue(self.settings, spec) for spec in specs}
         live_since = utcnow() - timedelta(seconds=self.settings.lease_seconds)
         largest = largest_worker(self.session.connection(), live_since=live_since)

@@ -288,7 +288,7 @@ def asgi_post(
         "raw_path": b"/api/datasets",
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"host", b"test"), *headers],
+        "headers": [(b"host", b"localhost"), *headers],
         "client": ("test", 1),
         "server": ("test", 80),
     }
