@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,13 +19,15 @@ from trainer.ddp import AllReduceCounter, Rank, any_rank, rank_device, wrap
 from trainer.engine import StepEngine, StepStats
 from trainer.models import build_models
 from trainer.optim import build_optimizer, set_decayed_lr
+from trainer.quality import evaluator_for
 from trainer.sinks import Sinks
 from trainer.spec import TrainSpec
+from trainer.throughput import ThroughputClock
 
-# The data/noise RNG is seeded apart from model initialisation so the two never share draws.
+# The data/noise RNG is seeded apart from model initialisation so the two never share draws
+# (and apart from the samples' noise; evaluation's is trainer.quality.EVAL_SEED_OFFSET).
 DATA_SEED_OFFSET = 0x5EED
 SAMPLE_SEED_OFFSET = 1
-EVAL_SEED_OFFSET = 2
 GRID_IMAGES = 64
 SCATTER_POINTS = 1000
 
@@ -55,32 +55,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {name} asked for, but this machine has no CUDA device")
     return device
-
-
-class ThroughputClock:
-    """Training steps per second between recorded steps. The time the loop spends inside
-    `paused()` (evaluation, metrics, samples, checkpoints) is left out, so the rate is the
-    training's own, whatever the `every.*` settings."""
-
-    def __init__(self, step: int) -> None:
-        self._since = time.perf_counter()
-        self._since_step = step
-        self._paused = 0.0
-
-    def steps_per_s(self, step: int) -> float:
-        """The rate from the previous call (or the start) to `step`; the clock starts over."""
-        now = time.perf_counter()
-        rate = (step - self._since_step) / max(now - self._since - self._paused, 1e-9)
-        self._since, self._since_step, self._paused = now, step, 0.0
-        return rate
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._paused += time.perf_counter() - started
 
 
 class Trainer:
@@ -113,7 +87,7 @@ class Trainer:
         self.step = 0
         self.leak_warned = False
         wanted = evaluate and self.rank.writes
-        self._evaluator = _make_evaluator(spec, self.dataset) if wanted else None
+        self._evaluator = evaluator_for(spec, self.dataset) if wanted else None
 
     def _load_dataset(self, resolve_dataset: Callable[[str], Path] | None) -> Dataset:
         dataset = load_dataset(self.spec.data, resolve_dataset=resolve_dataset)
@@ -337,31 +311,3 @@ def _raise_if_diverged(step: int, values: dict[str, float]) -> None:
     for name, value in values.items():
         if not math.isfinite(value):
             raise TrainingDiverged(step, name, value)
-
-
-def _make_evaluator(
-    spec: TrainSpec, dataset: Dataset
-) -> Callable[[Trainer], dict[str, float]] | None:
-    if spec.every.eval == 0:
-        return None
-    if dataset.centres is not None:
-        from trainer.evaluation import EVAL_SAMPLES, mixture_quality
-
-        centres, std = dataset.centres, dataset.std
-
-        def mixture(trainer: Trainer) -> dict[str, float]:
-            fake = trainer.generate(EVAL_SAMPLES, spec.seed + EVAL_SEED_OFFSET)
-            return mixture_quality(fake.double().cpu(), centres.double().cpu(), std)
-
-        return mixture
-    if dataset.kind == "digits":
-        from trainer.evaluation import EVAL_SAMPLES, DigitsEvaluator
-
-        evaluator = DigitsEvaluator.load()
-
-        def digits(trainer: Trainer) -> dict[str, float]:
-            fake = trainer.generate(EVAL_SAMPLES, spec.seed + EVAL_SEED_OFFSET)
-            return evaluator.evaluate(fake.float().cpu())
-
-        return digits
-    return None
