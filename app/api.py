@@ -12,8 +12,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import web
 from app.auth import authorize
@@ -24,6 +25,7 @@ from app.routes import auth as auth_routes
 from app.settings import Settings, get_settings
 from app.store import ArtifactStore
 from app.tokens import parse_env_tokens, tokens_exist
+from trainer.errors import first_line
 from trainer.spec import describe_error
 
 
@@ -81,10 +83,56 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": _field_errors(exc)}, status_code=422)
 
 
+class RetryReadOnDisconnect:
+    """ASGI middleware: a GET or HEAD that failed because its database connection was lost (a
+    restarted PostgreSQL; SQLAlchemy then drops the whole pool) runs once more on a fresh
+    connection before anything was sent. A write that hit it is a 503 (it did not commit:
+    the connection was gone before its transaction ended), never a 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except DBAPIError as exc:
+            if started or not exc.connection_invalidated:
+                raise
+            if scope["method"] in ("GET", "HEAD"):
+                await self.app(scope, _replay_empty_body(receive), send)
+                return
+            detail = f"database: the connection was lost ({first_line(exc)}); send it again"
+            await JSONResponse({"detail": detail}, status_code=503)(scope, receive, send)
+
+
+def _replay_empty_body(receive: Receive) -> Receive:
+    """`receive` for a second run of a bodiless request: its (empty) body once more."""
+    replayed = False
+
+    async def again() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return await receive()
+
+    return again
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """The API on the settings' database (migrations must have run: `ganforge db upgrade`)."""
     settings = settings or get_settings()
-    engine = engine or make_engine(settings.database_url)
+    engine = engine or make_engine(settings.database_url, pre_ping=False)
     # Every route passes app.auth.authorize: writes and downloads need a token once one exists.
     app = FastAPI(title="ganforge", version="0.1.0", dependencies=[Depends(authorize)])
     app.state.settings = settings
@@ -101,6 +149,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         app.include_router(module.router)
     app.include_router(auth_routes.router)
     web.mount(app)
+    app.add_middleware(RetryReadOnDisconnect)
     app.add_middleware(
         BrowserGuard,
         policy=HostPolicy.parse(settings.allowed_hosts),

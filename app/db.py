@@ -24,14 +24,27 @@ ROOT = Path(__file__).resolve().parents[1]
 # About the requests the API serves at once, so connections are reused rather than opened and
 # closed under load (the default 5 + 10 overflow churned one connection per ~10 requests).
 POOL_SIZE = 20
+POOL_RECYCLE_SECONDS = 1800
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL mode, foreign keys and a busy timeout."""
+def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
+    """An engine for `url`; SQLite gets WAL mode, foreign keys and a busy timeout.
+
+    PostgreSQL: with `pre_ping` (workers, the CLI) each checkout tests its connection, so a
+    restarted server costs a reconnect. The API goes without (a SELECT 1 round trip per
+    request): a restart is noticed by the first statement that fails, which invalidates the
+    whole pool, and the API runs a read that hit it once more (app.api.RetryReadOnDisconnect).
+    Recycling bounds a connection's age either way, so a server's or a proxy's idle timeout
+    leaves no dead connection in the pool."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        # pre-ping: a restarted PostgreSQL costs a reconnect, not a failed request or job.
-        return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
+        return create_engine(
+            url,
+            pool_pre_ping=pre_ping,
+            pool_recycle=POOL_RECYCLE_SECONDS,
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_SIZE,
+        )
     pool: dict[str, int] = {}
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
