@@ -45,7 +45,22 @@ class Observed:
     metrics: list[str]  # the ganforge_device lines of /metrics, likewise
 
 
+def _wait_for_devices(service: Service, host: str, total: int, timeout: float = 90) -> None:
+    """Wait until the workers have registered their devices. `ganforge up` is healthy once
+    its API answers; its workers start alongside and register only when Celery is ready (a
+    few seconds later on a busy machine), and until then /api/health rightly lists none."""
+    deadline = time.monotonic() + timeout
+    with service.client() as client:
+        while True:
+            devices = client.get("/api/health").json()["devices"]
+            if devices.get(host, {}).get("total") == total:
+                return
+            assert time.monotonic() < deadline, (devices, service.log.read_text()[-3000:])
+            time.sleep(0.1)
+
+
 def _submit_all_and_watch(service: Service, specs: list[dict]) -> tuple[list[Run], Observed]:
+    _wait_for_devices(service, socket.gethostname(), 3)  # both tests' workers serve 0, 1, 2
     observed = Observed([], [])
     with service.client() as client:
         ids = []

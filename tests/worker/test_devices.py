@@ -129,3 +129,32 @@ def test_up_takes_one_gpu_list_for_all_workers_or_one_per_worker():
     result = CliRunner().invoke(app, ["up", "--workers", "3", "--gpus", "0", "--gpus", "1"])
     assert result.exit_code == 2
     assert "--workers 3 with 2 --gpus lists" in result.output
+
+
+def test_a_refreshing_worker_never_looks_gone_to_a_reader(engine):
+    """Presence writes the registration again every period (delete + insert): a reader of
+    /api/health's report meanwhile sees the devices every time, never a moment without."""
+    import threading
+
+    from worker.node import Presence
+
+    node = _node("0", "1", "2")
+    stop = threading.Event()
+    presence = Presence(engine, node, timedelta(seconds=0.2), stop)  # refreshes every 0.05 s
+    presence.start()
+    seen: list[int] = []
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                now = utcnow()
+                report = devices.report(conn, now=now, live_since=now - timedelta(seconds=60))
+            seen.append(len(report["box"].devices) if "box" in report else 0)
+    finally:
+        stop.set()
+        presence.join(timeout=5)
+    first = seen.index(3)  # reads before the first registration see none, rightly
+    gaps = [i for i, count in enumerate(seen) if i > first and count != 3]
+    assert len(seen) - first > 50 and not gaps, (first, len(seen), gaps[:20])
+    with engine.connect() as conn:
+        assert devices.report(conn, now=utcnow(), live_since=utcnow()) == {}  # unregistered
