@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -39,6 +38,7 @@ from torch import nn
 
 from trainer import losses
 from trainer.audit import LeakAudit, total_norm
+from trainer.batches import CycleBatch, StepStats
 from trainer.data import Dataset
 from trainer.ddp import Rank, average_, no_sync
 from trainer.models import has_spectral_norm, refresh_spectral_norm
@@ -48,36 +48,6 @@ if TYPE_CHECKING:
     from torch.nn.parallel import DistributedDataParallel
 
 NETWORKS = ("d", "g")
-
-
-@dataclass
-class CycleBatch:
-    """One cycle's effective batch, split into micro-batches along dim 0."""
-
-    noise: torch.Tensor
-    real: torch.Tensor | None = None
-    mix: torch.Tensor | None = None
-
-    def split(self, k: int) -> Iterator[CycleBatch]:
-        parts = [
-            t.chunk(k) if t is not None else [None] * k for t in (self.noise, self.real, self.mix)
-        ]
-        for noise, real, mix in zip(*parts, strict=True):
-            yield CycleBatch(noise, real, mix)
-
-
-@dataclass
-class StepStats:
-    """What one step measured; tensors stay on the device until the loop asks for numbers."""
-
-    values: dict[str, torch.Tensor | float] = field(default_factory=dict)
-    leak: dict[str, float] = field(default_factory=lambda: {"d": 0.0, "g": 0.0})
-
-    def numbers(self) -> dict[str, float]:
-        out = {k: float(v) for k, v in self.values.items()}
-        out["audit/leak_d"] = self.leak["d"]
-        out["audit/leak_g"] = self.leak["g"]
-        return out
 
 
 class StepEngine:
@@ -240,17 +210,6 @@ class StepEngine:
         finally:
             module.train(was_training)
 
-    def _reduce_stats(self, stats: StepStats) -> None:
-        """The step's losses and logits averaged over the ranks (one all-reduce): every rank
-        then reports the whole effective batch, as one rank would."""
-        names = [n for n, v in stats.values.items() if isinstance(v, torch.Tensor)]
-        if not names:
-            return
-        stacked = torch.stack([torch.as_tensor(stats.values[n]).double() for n in names])
-        average_([stacked])
-        for name, value in zip(names, stacked, strict=True):
-            stats.values[name] = value
-
     # ---- losses ---------------------------------------------------------------------------
 
     def _d_loss(
@@ -383,6 +342,6 @@ class StepEngine:
             self._joint_cycle(stats)
         if stats is not None:
             if self.ddp is not None:
-                self._reduce_stats(stats)
+                stats.average_over_ranks()
             stats.leak = dict(self.step_leak)
         return stats

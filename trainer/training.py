@@ -13,10 +13,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trainer import state
+from trainer.batches import StepStats
 from trainer.checkpoint import Checkpoint, CheckpointRecord
 from trainer.data import Dataset, check_model_fits, load_dataset
 from trainer.ddp import AllReduceCounter, Rank, any_rank, rank_device, wrap
-from trainer.engine import StepEngine, StepStats
+from trainer.engine import StepEngine
 from trainer.models import build_models
 from trainer.optim import build_optimizer, set_decayed_lr
 from trainer.quality import evaluator_for
