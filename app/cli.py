@@ -1,4 +1,5 @@
-"""The `ganforge` command: the trainer's commands plus the service's (`db upgrade`, ...)."""
+"""The `ganforge` command: a root that adds the trainer's commands (train, generate) and the
+service's (up, api, worker, submit, db, token)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from trainer.cli import app
+from trainer.cli import cli as trainer_commands
 from trainer.errors import first_line
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+service = typer.Typer()
 db = typer.Typer(no_args_is_help=True, help="The service database.")
-app.add_typer(db, name="db")
+service.add_typer(db, name="db")
 token = typer.Typer(
     no_args_is_help=True,
     help="API tokens: once one exists, writes and artifact downloads need one.",
 )
-app.add_typer(token, name="token")
+service.add_typer(token, name="token")
 
 INSECURE_HELP = "listen on a non-loopback address even though no API token exists"
 
@@ -179,7 +181,7 @@ def serve_own_names(host: str) -> None:
     typer.echo(f"serving Host names: {served} (more: {SETTING})", err=True)
 
 
-@app.command()
+@service.command()
 def api(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, help="port to listen on"),
@@ -203,7 +205,7 @@ GPUS_HELP = (
 )
 
 
-@app.command()
+@service.command()
 def worker(
     queues: str = typer.Option(
         "",
@@ -257,7 +259,7 @@ def worker(
     )
 
 
-@app.command()
+@service.command()
 def up(
     host: str = typer.Option("127.0.0.1", help="address the API listens on"),
     port: int = typer.Option(8000, help="port the API listens on"),
@@ -303,7 +305,7 @@ def up(
     )
 
 
-@app.command()
+@service.command()
 def submit(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="YAML or JSON job spec")],
     server: str = typer.Option(
@@ -362,8 +364,18 @@ def _redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+cli = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help=trainer_commands.info.help,
+)
+cli.add_typer(trainer_commands)
+cli.add_typer(service)
+
+
 def main() -> None:
-    app()
+    cli()
 
 
 if __name__ == "__main__":

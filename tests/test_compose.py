@@ -343,8 +343,7 @@ def test_commands_use_options_the_cli_has(
 ) -> None:
     import typer.main
 
-    importlib.import_module("app.cli")  # adds the service commands to the trainer's CLI
-    from trainer.cli import app as cli
+    from app.cli import cli
 
     if service.endswith(" worker"):
         config = second_host if service.startswith("second") else first_host

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from trainer.spec import TrainSpec
     from trainer.training import Progress, Trainer, TrainResult
 
-app = typer.Typer(
+cli = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -57,7 +57,7 @@ def _prepare_out(out: Path, *, resume_step: int | None, overwrite: bool) -> None
     out.mkdir(parents=True, exist_ok=True)
 
 
-@app.command()
+@cli.command()
 def train(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="YAML or JSON job spec")],
     out: Annotated[Path, typer.Option("--out", help="folder for the run's outputs")],
@@ -185,7 +185,7 @@ def _report(result: TrainResult, out: Path, *, elapsed: float) -> None:
     typer.echo(f"results: {out} (spec.json, metrics.jsonl, samples/, checkpoints/)")
 
 
-@app.command()
+@cli.command()
 def generate(
     checkpoint: Annotated[Path, typer.Argument(help="a checkpoint (.safetensors or .json)")],
     out: Annotated[Path, typer.Option("--out", help="FILE.png (grid/scatter) or FILE.npy")],
@@ -205,7 +205,7 @@ def generate(
 
 
 def main() -> None:
-    app()
+    cli()
 
 
 if __name__ == "__main__":

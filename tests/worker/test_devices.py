@@ -124,9 +124,9 @@ def test_simulated_gpus_train_on_the_cpu():
 def test_up_takes_one_gpu_list_for_all_workers_or_one_per_worker():
     from typer.testing import CliRunner
 
-    from app.cli import app
+    from app.cli import cli
 
-    result = CliRunner().invoke(app, ["up", "--workers", "3", "--gpus", "0", "--gpus", "1"])
+    result = CliRunner().invoke(cli, ["up", "--workers", "3", "--gpus", "0", "--gpus", "1"])
     assert result.exit_code == 2
     assert "--workers 3 with 2 --gpus lists" in result.output
 
