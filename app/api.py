@@ -139,9 +139,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.env_tokens = parse_env_tokens(settings.api_tokens)
     app.state.sessions = sessionmaker(engine, expire_on_commit=False)
     # Plain reads without BEGIN/ROLLBACK round trips.
-    app.state.read_sessions = sessionmaker(
-        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
-    )
+    app.state.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
     app.state.store = ArtifactStore(settings.artifact_dir)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(DataError, _unstorable)
