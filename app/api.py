@@ -4,7 +4,8 @@ guard (app.hostguard), and shapes validation errors as `{field, message, loc, ms
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -13,12 +14,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import web
 from app.auth import authorize
-from app.db import make_engine
+from app.db import make_engine, make_read_engine
 from app.hostguard import BrowserGuard, HostPolicy
 from app.routes import artifacts, datasets, events, health, jobs, metrics, monitoring, specs
 from app.routes import auth as auth_routes
@@ -129,17 +131,28 @@ def _replay_empty_body(receive: Receive) -> Receive:
     return again
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    async_engine: AsyncEngine | None = app.state.async_read_engine
+    if async_engine is not None:  # its connections belong to this event loop
+        await async_engine.dispose()
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """The API on the settings' database (migrations must have run: `ganforge db upgrade`)."""
     settings = settings or get_settings()
     engine = engine or make_engine(settings.database_url, pre_ping=False)
     # Every route passes app.auth.authorize: writes and downloads need a token once one exists.
-    app = FastAPI(title="ganforge", version="0.1.0", dependencies=[Depends(authorize)])
+    app = FastAPI(
+        title="ganforge", version="0.1.0", dependencies=[Depends(authorize)], lifespan=_lifespan
+    )
     app.state.settings = settings
     app.state.env_tokens = parse_env_tokens(settings.api_tokens)
     app.state.sessions = sessionmaker(engine, expire_on_commit=False)
-    # Plain reads without BEGIN/ROLLBACK round trips.
+    # Plain reads without BEGIN/ROLLBACK round trips; on PostgreSQL also an asyncio engine.
     app.state.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    app.state.async_read_engine = make_read_engine(engine)
     app.state.store = ArtifactStore(settings.artifact_dir)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(DataError, _unstorable)

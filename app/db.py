@@ -14,6 +14,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from trainer.errors import first_line
 
@@ -59,6 +60,23 @@ def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
         cursor.close()
 
     return engine
+
+
+def make_read_engine(engine: Engine) -> AsyncEngine | None:
+    """For PostgreSQL (psycopg), an asyncio engine on the same database for the API's hot
+    reads (GET /api/jobs/{id}): its round trip to the server then waits on the event loop
+    instead of blocking it, so concurrent requests overlap. AUTOCOMMIT, no pre-ping, like
+    the API's engine. None for SQLite: a local file read is shorter than a thread hop."""
+    url = engine.url
+    if url.get_backend_name() != "postgresql" or url.get_driver_name() != "psycopg":
+        return None
+    return create_async_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        pool_recycle=POOL_RECYCLE_SECONDS,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_SIZE,
+    )
 
 
 def is_transient(exc: BaseException) -> bool:
