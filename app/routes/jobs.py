@@ -148,6 +148,9 @@ def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobOu
     job = job_or_404(session, job_id)
     queue_name = queue.stored_queue(settings, job.spec)
     _transition(session, jobs.request_resume, job_id)
+    # The job as resumed (queued), read before its message goes out: a fast worker may
+    # claim it before a read after the send, and the answer would say `running`.
+    resumed = _fresh(session, job_id)
     try:
         queue.send(settings, job_id, queue_name)
     except Exception as exc:  # noqa: BLE001
@@ -160,7 +163,7 @@ def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobOu
         )
         session.commit()
         raise HTTPException(503, f"broker: cannot queue the job: {first_line(exc)}") from None
-    return _fresh(session, job_id)
+    return resumed
 
 
 @router.delete("/jobs/{job_id}", status_code=204)
