@@ -8,19 +8,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import web
 from app.auth import authorize
-from app.db import make_engine, make_read_engine
+from app.db import ReadPool, is_disconnect, make_engine, make_read_pool
 from app.hostguard import BrowserGuard, HostPolicy
 from app.routes import artifacts, datasets, events, health, jobs, metrics, monitoring, specs
 from app.routes import auth as auth_routes
@@ -107,8 +107,8 @@ class RetryReadOnDisconnect:
 
         try:
             await self.app(scope, receive, watch)
-        except DBAPIError as exc:
-            if started or not exc.connection_invalidated:
+        except (DBAPIError, psycopg.OperationalError) as exc:
+            if started or not is_disconnect(exc):
                 raise
             if scope["method"] in ("GET", "HEAD"):
                 await self.app(scope, _replay_empty_body(receive), send)
@@ -133,10 +133,12 @@ def _replay_empty_body(receive: Receive) -> Receive:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    pool: ReadPool | None = app.state.read_pool
+    if pool is not None:  # its connections belong to this event loop
+        await pool.open()
     yield
-    async_engine: AsyncEngine | None = app.state.async_read_engine
-    if async_engine is not None:  # its connections belong to this event loop
-        await async_engine.dispose()
+    if pool is not None:
+        await pool.close()
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -150,12 +152,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.settings = settings
     app.state.env_tokens = parse_env_tokens(settings.api_tokens)
     app.state.sessions = sessionmaker(engine, expire_on_commit=False)
-    # Plain reads without BEGIN/ROLLBACK round trips; on PostgreSQL also an asyncio engine.
+    # Plain reads without BEGIN/ROLLBACK round trips; on PostgreSQL also psycopg's asyncio pool.
     app.state.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-    app.state.async_read_engine = make_read_engine(engine)
+    app.state.read_pool = make_read_pool(engine)
     app.state.store = ArtifactStore(settings.artifact_dir)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(DataError, _unstorable)
+    app.add_exception_handler(psycopg.DataError, _unstorable)  # app.db.ReadPool's reads
     for module in (jobs, health, metrics, artifacts, datasets, events, monitoring, specs):
         app.include_router(module.router)
     app.include_router(auth_routes.router)

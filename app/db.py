@@ -6,15 +6,16 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from alembic import command
 from alembic.config import Config
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from trainer.errors import first_line
 
@@ -62,21 +63,62 @@ def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
     return engine
 
 
-def make_read_engine(engine: Engine) -> AsyncEngine | None:
-    """For PostgreSQL (psycopg), an asyncio engine on the same database for the API's hot
-    reads (GET /api/jobs/{id}): its round trip to the server then waits on the event loop
-    instead of blocking it, so concurrent requests overlap. AUTOCOMMIT, no pre-ping, like
-    the API's engine. None for SQLite: a local file read is shorter than a thread hop."""
+class ReadPool:
+    """PostgreSQL reads for the API's hot path (GET /api/jobs/{id}) straight on psycopg's
+    asyncio connections: the round trip waits on the event loop instead of blocking it, the
+    statement is prepared server-side after a few runs, and no SQLAlchemy result layer runs
+    (measured in bench/service.py: 0.12 ms of CPU per query against 0.45 ms through an
+    SQLAlchemy asyncio engine). AUTOCOMMIT, UTC session zone, no check per checkout.
+
+    A lost connection (a restarted server) fails the statement with psycopg's
+    OperationalError; the pool is then swept of every other dead connection, so the API's
+    one retry of a read (app.api.RetryReadOnDisconnect) gets a live one. Opened on the first
+    read or by the app's lifespan; its connections belong to that event loop."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._pool = AsyncConnectionPool(
+            conninfo,
+            kwargs={"autocommit": True, "row_factory": dict_row, "options": "-c TimeZone=UTC"},
+            min_size=1,
+            max_size=POOL_SIZE,
+            max_lifetime=POOL_RECYCLE_SECONDS,
+            timeout=10,
+            open=False,
+        )
+
+    async def open(self) -> None:
+        await self._pool.open()  # a no-op once open
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def fetch(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The rows of one statement (pyformat parameters), as dicts."""
+        await self.open()
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(sql, params)
+                return await cursor.fetchall()
+        except psycopg.OperationalError:
+            await self._pool.check()  # drop the other connections the restart killed
+            raise
+
+
+def make_read_pool(engine: Engine) -> ReadPool | None:
+    """A ReadPool on `engine`'s database when it is PostgreSQL through psycopg; None for
+    SQLite, where a local file read is shorter than a thread hop."""
     url = engine.url
     if url.get_backend_name() != "postgresql" or url.get_driver_name() != "psycopg":
         return None
-    return create_async_engine(
-        url,
-        isolation_level="AUTOCOMMIT",
-        pool_recycle=POOL_RECYCLE_SECONDS,
-        pool_size=POOL_SIZE,
-        max_overflow=POOL_SIZE,
-    )
+    return ReadPool(url.set(drivername="postgresql").render_as_string(hide_password=False))
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """The statement failed because its connection was lost: SQLAlchemy invalidated it, or
+    (ReadPool) psycopg's connection is closed or broken."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated
+    return isinstance(exc, psycopg.OperationalError)
 
 
 def is_transient(exc: BaseException) -> bool:

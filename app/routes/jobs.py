@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import Connection, CursorResult, Engine, bindparam, delete, select, tuple_, update
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from app import jobs, queue
 from app.auth import CallerDep
+from app.db import ReadPool
 from app.deps import SessionDep, SettingsDep, StoreDep, field_error, job_or_404, unprocessable
 from app.models import FINISHED, JOB_STATUSES, Job, JobStatus, JobTag, utcnow
 from app.schemas import JobCreate, JobOut, JobPage
@@ -108,13 +108,14 @@ _ONE_JOB = (
     .where(Job.id == bindparam("job_id"))
     .order_by(JobTag.position)
 )
+# The same statement as PostgreSQL SQL with psycopg's %(job_id)s parameter, for app.db.ReadPool.
+_ONE_JOB_SQL = str(_ONE_JOB.compile(dialect=postgresql.psycopg.dialect()))
 
 
-async def _one_job_rows(request: Request, job_id: str) -> Sequence[RowMapping]:
-    async_engine: AsyncEngine | None = request.app.state.async_read_engine
-    if async_engine is not None:  # PostgreSQL: the round trip waits on the loop
-        async with async_engine.connect() as conn:
-            return (await conn.execute(_ONE_JOB, {"job_id": job_id})).mappings().all()
+async def _one_job_rows(request: Request, job_id: str) -> Sequence[Mapping[str, Any]]:
+    pool: ReadPool | None = request.app.state.read_pool
+    if pool is not None:  # PostgreSQL: the round trip waits on the loop
+        return await pool.fetch(_ONE_JOB_SQL, {"job_id": job_id})
     engine: Engine = request.app.state.read_engine
     with engine.connect() as conn:  # SQLite: a file read, shorter than a thread hop
         return conn.execute(_ONE_JOB, {"job_id": job_id}).mappings().all()
