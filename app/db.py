@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 from alembic import command
@@ -98,7 +98,7 @@ class ReadPool:
         try:
             async with self._pool.connection() as conn:
                 cursor = await conn.execute(sql, params)
-                return await cursor.fetchall()
+                return cast(list[dict[str, Any]], await cursor.fetchall())  # dict_row
         except psycopg.OperationalError:
             await self._pool.check()  # drop the other connections the restart killed
             raise

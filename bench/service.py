@@ -293,7 +293,7 @@ def bench_latency(backend: str, jobs: int, scratch: Path) -> list[Row]:
 
 # --- 2. GET /api/jobs/{id} requests/s ---------------------------------------------------------
 
-BARE_APP = '''"""A bare FastAPI app: a fixed job-sized dict from a sync (/x) and an async (/y) endpoint."""
+BARE_APP = '''"""A bare FastAPI app: a job-sized dict from a sync (/x) and an async (/y) route."""
 
 import json
 

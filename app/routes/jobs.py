@@ -109,7 +109,7 @@ _ONE_JOB = (
     .order_by(JobTag.position)
 )
 # The same statement as PostgreSQL SQL with psycopg's %(job_id)s parameter, for app.db.ReadPool.
-_ONE_JOB_SQL = str(_ONE_JOB.compile(dialect=postgresql.psycopg.dialect()))
+_ONE_JOB_SQL = str(_ONE_JOB.compile(dialect=postgresql.psycopg.dialect()))  # type: ignore[no-untyped-call]
 
 
 async def _one_job_rows(request: Request, job_id: str) -> Sequence[Mapping[str, Any]]:
@@ -118,7 +118,8 @@ async def _one_job_rows(request: Request, job_id: str) -> Sequence[Mapping[str, 
         return await pool.fetch(_ONE_JOB_SQL, {"job_id": job_id})
     engine: Engine = request.app.state.read_engine
     with engine.connect() as conn:  # SQLite: a file read, shorter than a thread hop
-        return conn.execute(_ONE_JOB, {"job_id": job_id}).mappings().all()
+        rows = conn.execute(_ONE_JOB, {"job_id": job_id}).mappings().all()
+        return cast(Sequence[Mapping[str, Any]], rows)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
