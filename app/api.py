@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import web
 from app.auth import authorize
-from app.db import ReadPool, is_disconnect, make_engine, make_read_pool
+from app.db import ReadPool, is_transient, make_engine, make_read_pool
 from app.hostguard import BrowserGuard, HostPolicy
 from app.routes import artifacts, datasets, events, health, jobs, metrics, monitoring, specs
 from app.routes import auth as auth_routes
@@ -86,9 +86,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 class RetryReadOnDisconnect:
-    """ASGI middleware: a GET or HEAD that failed because its database connection was lost (a
-    restarted PostgreSQL; SQLAlchemy then drops the whole pool) runs once more on a fresh
-    connection before anything was sent. A write that hit it is a 503 (it did not commit:
+    """ASGI middleware: a GET or HEAD that failed because its database connection was lost or
+    could not be made (`app.db.is_transient`: a restarted PostgreSQL; SQLAlchemy then drops
+    the whole pool, app.db.ReadPool sweeps its own) runs once more on a fresh connection
+    before anything was sent. A write that hit it is a 503 (it did not commit:
     the connection was gone before its transaction ended), never a 500."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -108,7 +109,7 @@ class RetryReadOnDisconnect:
         try:
             await self.app(scope, receive, watch)
         except (DBAPIError, psycopg.OperationalError) as exc:
-            if started or not is_disconnect(exc):
+            if started or not is_transient(exc):
                 raise
             if scope["method"] in ("GET", "HEAD"):
                 await self.app(scope, _replay_empty_body(receive), send)

@@ -67,13 +67,13 @@ class ReadPool:
     """PostgreSQL reads for the API's hot path (GET /api/jobs/{id}) straight on psycopg's
     asyncio connections: the round trip waits on the event loop instead of blocking it, the
     statement is prepared server-side after a few runs, and no SQLAlchemy result layer runs
-    (measured in bench/service.py: 0.12 ms of CPU per query against 0.45 ms through an
-    SQLAlchemy asyncio engine). AUTOCOMMIT, UTC session zone, no check per checkout.
+    (bench/readpath.py: about half the CPU per query of an SQLAlchemy asyncio engine).
+    AUTOCOMMIT, UTC session zone, no check per checkout.
 
     A lost connection (a restarted server) fails the statement with psycopg's
-    OperationalError; the pool is then swept of every other dead connection, so the API's
-    one retry of a read (app.api.RetryReadOnDisconnect) gets a live one. Opened on the first
-    read or by the app's lifespan; its connections belong to that event loop."""
+    OperationalError (`is_transient`); the pool is then swept of every other dead connection,
+    so the API's one retry of a read (app.api.RetryReadOnDisconnect) gets a live one. Opened
+    by the app's lifespan (or the first read); its connections belong to that event loop."""
 
     def __init__(self, conninfo: str) -> None:
         self._pool = AsyncConnectionPool(
@@ -87,14 +87,15 @@ class ReadPool:
         )
 
     async def open(self) -> None:
-        await self._pool.open()  # a no-op once open
+        await self._pool.open()
 
     async def close(self) -> None:
         await self._pool.close()
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """The rows of one statement (pyformat parameters), as dicts."""
-        await self.open()
+        if self._pool.closed:  # an app run without its lifespan; open() takes a lock
+            await self._pool.open()
         try:
             async with self._pool.connection() as conn:
                 cursor = await conn.execute(sql, params)
@@ -111,14 +112,6 @@ def make_read_pool(engine: Engine) -> ReadPool | None:
     if url.get_backend_name() != "postgresql" or url.get_driver_name() != "psycopg":
         return None
     return ReadPool(url.set(drivername="postgresql").render_as_string(hide_password=False))
-
-
-def is_disconnect(exc: BaseException) -> bool:
-    """The statement failed because its connection was lost: SQLAlchemy invalidated it, or
-    (ReadPool) psycopg's connection is closed or broken."""
-    if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated
-    return isinstance(exc, psycopg.OperationalError)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -121,7 +121,9 @@ def decode(data: bytes, resolution: int, crop: Crop, limits: Limits) -> np.ndarr
     """One image file's bytes as a (3, R, R) uint8 array."""
     try:
         image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
+    except Image.DecompressionBombError as exc:  # Pillow's check, at twice its pixel limit
+        raise _Unusable(f"too many pixels ({exc})") from None
+    except (UnidentifiedImageError, SyntaxError, ValueError):
         raise _Unusable("not an image") from None
     if image.format not in FORMATS:
         raise _Unusable(f"{image.format} is not one of {', '.join(FORMATS)}")
@@ -130,7 +132,7 @@ def decode(data: bytes, resolution: int, crop: Crop, limits: Limits) -> np.ndarr
         raise _Unusable(f"too many pixels ({width} x {height}; at most {limits.max_pixels:,})")
     try:
         image = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise _Unusable(f"corrupt ({exc})") from None
     image = _fit(image, resolution, crop)
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)

@@ -122,13 +122,26 @@ def test_too_many_pixels_and_a_member_that_inflates_too_far_are_skipped(tmp_path
     assert result.count == 1
 
 
-def test_member_names_are_never_paths(tmp_path):
-    inside = tmp_path / "work"
-    inside.mkdir()
-    source = write_tar(inside / "evil.tar", {"../../escaped.png": png(3), "/abs.png": png(4)})
-    result = read_images(source, 8)
-    assert result.count == 2
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["evil.tar", "work"]
+def test_member_names_are_never_paths(tmp_path, monkeypatch):
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)  # an extraction would land under tmp_path, where it is looked for
+    names = {"../../escaped.png": png(3), "inside.png": png(4), "/abs-ganforge-test.png": png(5)}
+    result = read_images(write_tar(tmp_path / "evil.tar", names), 8)
+    assert result.count == 3
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "evil.tar"]
+    assert not Path("/abs-ganforge-test.png").exists()
+
+
+def test_a_header_past_pillows_own_pixel_limit_is_skipped_not_raised(tmp_path):
+    bmp = bytearray(png(6, size=(4, 4), fmt="BMP"))
+    bmp[18:26] = (20_000).to_bytes(4, "little") + (20_000).to_bytes(4, "little")  # 400 MP
+    source = write_zip(tmp_path / "forged.zip", {"forged.bmp": bytes(bmp), "ok.png": png(7)})
+    result = read_images(source, 8, limits=Limits(max_pixels=10**12))  # ours lets it pass
+    assert result.count == 1
+    assert [(s.name, s.reason.split(" (")[0]) for s in result.skipped] == [
+        ("forged.bmp", "too many pixels")
+    ]
 
 
 def test_no_usable_image_and_bad_options_say_why(tmp_path):
