@@ -48,7 +48,7 @@ class Schedule(_Section):
 
 
 class Data(_Section):
-    kind: Literal["ring", "grid", "digits", "array"] = "ring"
+    kind: Literal["ring", "grid", "digits", "array", "images"] = "ring"
     # ring
     modes: int = Field(8, ge=1, le=1000)
     radius: float = Field(1.0, gt=0)
@@ -59,7 +59,13 @@ class Data(_Section):
     std: float | None = Field(None, gt=0)
     # array: an uploaded dataset (service) or a local .npy/.npz file (CLI)
     dataset_id: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")
+    # array: a local .npy/.npz; images: a local folder or .zip/.tar/.tar.gz of images (CLI)
     path: str | None = Field(None, min_length=1)
+    # images: the square side images are cropped/resized to, their channels (None: 1 when
+    # every image is grayscale, else 3) and how they are fitted (trainer.images)
+    resolution: int | None = Field(None, ge=8, le=256)
+    channels: Literal[1, 3] | None = None
+    crop: Literal["center", "resize"] = "center"
 
     @property
     def mixture_std(self) -> float:
@@ -72,18 +78,64 @@ class Data(_Section):
         given = [name for name in ("dataset_id", "path") if getattr(self, name) is not None]
         if self.kind == "array" and len(given) != 1:
             raise ValueError("data.dataset_id: kind=array needs exactly one of dataset_id or path")
-        if self.kind != "array" and given:
+        if self.kind == "images":
+            if self.path is None or self.dataset_id is not None:
+                raise ValueError(
+                    "data.path: kind=images needs path (a folder or an archive of images); "
+                    "an uploaded image archive is used as kind=array with its dataset_id"
+                )
+            if self.resolution is None:
+                raise ValueError("data.resolution: kind=images needs a resolution (8 to 256)")
+        elif self.kind != "array" and given:
             raise ValueError(f"data.{given[0]}: only used with kind=array, not kind={self.kind}")
+        if self.kind != "images":
+            for name in ("resolution", "channels"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"data.{name}: only used with kind=images")
         return self
 
 
 class Model(_Section):
-    kind: Literal["mlp", "conv"] = "mlp"
+    kind: Literal["mlp", "conv", "resnet"] = "mlp"
     latent_dim: int = Field(64, ge=1, le=4096)
     width: int = Field(128, ge=1, le=8192)
     depth: int = Field(4, ge=1, le=32)
+    # resnet: the base width (channels of the widest-resolution block); mlp and conv use width
+    channels: int = Field(64, ge=4, le=1024)
+    # Left out: the kind's default, spectral for resnet (the project's exact spectral norm,
+    # so accumulation stays exact), none for mlp and conv.
     d_norm: Literal["none", "spectral", "layer", "batch"] = "none"
     g_norm: Literal["none", "batch"] = "none"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("kind") == "resnet" and "d_norm" not in data:
+            return {**data, "d_norm": "spectral"}
+        return data
+
+
+class Augment(_Section):
+    """DiffAugment (Zhao et al. 2020): every image D sees, real or generated, in D's and G's
+    passes, goes through the same differentiable transforms; `policy: []` is off."""
+
+    policy: list[Literal["color", "translation", "cutout"]] = Field(default_factory=list)
+    p: float = Field(1.0, ge=0, le=1, description="probability each transform applies")
+
+    @field_validator("policy")
+    @classmethod
+    def _no_repeats(cls, policy: list[str]) -> list[str]:
+        if len(set(policy)) != len(policy):
+            raise ValueError(f"each transform at most once, got {policy}")
+        return policy
+
+
+class Eval(_Section):
+    """How evaluation runs (every.eval says when)."""
+
+    samples: int = Field(
+        1000, ge=16, le=100_000, description="generated samples per eval/fid and eval/kid"
+    )
 
 
 # The usual weight of each penalty when penalty_weight is left out: wgan_gp's 10 (Gulrajani
@@ -174,11 +226,13 @@ class TrainSpec(_Section):
     schedule: Schedule = Schedule()
     data: Data = Data()
     model: Model = Model()
+    augment: Augment = Augment()
     loss: Loss = Loss()
     optim: Optim = Optim()
     precision: Precision = "fp32"
     ema: float = Field(0.99, ge=0, lt=1, description="generator EMA decay; 0 = off")
     every: Every = Every()
+    eval: Eval = Eval()
     device: str = "auto"
     distributed: Distributed = Distributed()
     resources: Resources = Resources()
@@ -212,10 +266,20 @@ class TrainSpec(_Section):
         if self.distributed.backend == "nccl" and self.device == "cpu":
             raise ValueError("distributed.backend: nccl needs CUDA devices, and device is cpu")
         self._check_gpus()
-        if self.model.kind == "conv" and self.data.kind in ("ring", "grid"):
+        if self.model.kind != "mlp" and self.data.kind in ("ring", "grid"):
             raise ValueError(
-                f"model.kind: conv needs image data, data.kind={self.data.kind} is 2-D"
+                f"model.kind: {self.model.kind} needs image data, data.kind={self.data.kind} is 2-D"
             )
+        if self.augment.policy and self.data.kind in ("ring", "grid"):
+            raise ValueError(f"augment.policy: augments images, data.kind={self.data.kind} is 2-D")
+        if self.model.kind == "resnet" and self.data.kind == "digits":
+            raise ValueError("model.kind: resnet needs images of 16 to 128 px; digits are 8x8")
+        if self.model.kind == "resnet" and self.data.resolution is not None:
+            side = self.data.resolution
+            if side not in (16, 32, 64, 128):
+                raise ValueError(
+                    f"data.resolution: model.kind resnet takes 16, 32, 64 or 128 px, got {side}"
+                )
         return self
 
     def _check_gpus(self) -> None:

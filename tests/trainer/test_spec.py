@@ -122,3 +122,39 @@ def test_example_specs_are_valid():
     assert any("leaks gradient" in w for w in broken.warnings())
     for path in examples:
         load_spec(path)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"data": {"kind": "images", "path": "faces"}}, "data.resolution"),
+        ({"data": {"kind": "images", "resolution": 32}}, "data.path"),
+        ({"data": {"kind": "digits", "resolution": 32}}, "data.resolution"),
+        ({"augment": {"policy": ["color"]}}, "augment.policy"),
+        ({"augment": {"policy": ["color", "color"]}, "data": {"kind": "digits"}}, "augment.policy"),
+        ({"model": {"kind": "resnet"}, "data": {"kind": "digits"}}, "model.kind"),
+        (
+            {
+                "model": {"kind": "resnet"},
+                "data": {"kind": "images", "path": "x", "resolution": 48},
+            },
+            "data.resolution",
+        ),
+    ],
+)
+def test_image_fields_are_checked_and_named(spec, field):
+    with pytest.raises(SpecError) as caught:
+        parse_spec(spec)
+    assert any(line.startswith(field + ":") for line in caught.value.problems), (
+        caught.value.problems
+    )
+
+
+def test_resnet_defaults_to_spectral_norm_unless_told():
+    images = {"kind": "images", "path": "x", "resolution": 32}
+    assert TrainSpec.model_validate({"model": {"kind": "resnet"}, "data": images}).model.d_norm == (
+        "spectral"
+    )
+    told = {"model": {"kind": "resnet", "d_norm": "none"}, "data": images}
+    assert TrainSpec.model_validate(told).model.d_norm == "none"
+    assert TrainSpec().model.d_norm == "none"
