@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import multiprocessing
 import re
 import shutil
 import tempfile
@@ -30,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from trainer.ddp import TIMEOUT, Rank, backend_for
-from trainer.processes import follow_parent
+from trainer.processes import follow_parent, forkserver_context
 from trainer.sinks import memory_sinks
 from trainer.spec import TrainSpec
 from trainer.training import Trainer, resolve_device
@@ -59,12 +58,14 @@ def ranks(
     per_rank = threads or max(1, torch.get_num_threads() // world)
     folder = Path(tempfile.mkdtemp(prefix="ganforge-ranks-"))
     init = f"file://{folder / 'rendezvous'}"
+    # Ranks fork from a server that has imported the trainer once (trainer.processes).
+    forkserver_context("trainer.distributed")
     children = torch.multiprocessing.start_processes(
         _rank_main,
         args=(spec.model_dump_json(), init, backend, resume, datasets or {}, per_rank, sync_once),
         nprocs=world - 1,
         join=False,
-        start_method=_start_method(),
+        start_method="forkserver",
     )
     threads_before = torch.get_num_threads()
     torch.set_num_threads(per_rank)
@@ -88,15 +89,6 @@ def ranks(
                 dist.destroy_process_group()
         _finish(children, kill=failed)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _start_method() -> str:
-    """forkserver, with this module imported once in the server: a rank then starts in a
-    fraction of a second instead of importing torch and the trainer anew (several seconds)
-    for every job. The server is a clean single-threaded process, forked before anything
-    touches CUDA or starts threads, so it is as safe as spawn."""
-    multiprocessing.set_forkserver_preload(["trainer.distributed"])
-    return "forkserver"
 
 
 def _rank_main(

@@ -9,7 +9,6 @@ GPUs). It knows nothing of claims, heartbeats or the node: those stay with the r
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from trainer.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from trainer.data import DataError
 from trainer.distributed import ranks
 from trainer.errors import first_line
+from trainer.processes import forkserver_context
 from trainer.spec import TrainSpec
 from trainer.training import Trainer, TrainingDiverged
 from worker.node import simulated
@@ -76,8 +76,8 @@ class RunState:
 
     @classmethod
     def shared(cls) -> RunState:
-        """A state a spawned job process can be given (shared memory and semaphores)."""
-        ctx = multiprocessing.get_context("spawn")
+        """A state a job process can be given (shared memory and semaphores)."""
+        ctx = forkserver_context("worker.jobprocess")
         return cls(ctx.Event(), ctx.Event(), ctx.Event(), ctx.Value("q", -1, lock=False))
 
     @property
