@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from trainer.augment import AugmentParams
 from trainer.ddp import average_
 
 
 @dataclass
 class CycleBatch:
-    """One cycle's effective batch, split into micro-batches along dim 0."""
+    """One cycle's effective batch, split into micro-batches along dim 0: the noise, the real
+    examples, the penalty's mixing weights and the augmentation parameters of the real and
+    of the generated images (trainer.augment), each one row per example."""
 
     noise: torch.Tensor
     real: torch.Tensor | None = None
     mix: torch.Tensor | None = None
+    augment_real: AugmentParams | None = None
+    augment_fake: AugmentParams | None = None
 
     def split(self, k: int) -> Iterator[CycleBatch]:
-        parts = [
-            t.chunk(k) if t is not None else [None] * k for t in (self.noise, self.real, self.mix)
-        ]
-        for noise, real, mix in zip(*parts, strict=True):
-            yield CycleBatch(noise, real, mix)
+        fields = (self.noise, self.real, self.mix, self.augment_real, self.augment_fake)
+        parts = [_chunks(value, k) for value in fields]
+        for noise, real, mix, augment_real, augment_fake in zip(*parts, strict=True):
+            yield CycleBatch(noise, real, mix, augment_real, augment_fake)
+
+
+def _chunks(value: torch.Tensor | AugmentParams | None, k: int) -> Sequence[Any]:
+    return [None] * k if value is None else value.chunk(k)
 
 
 @dataclass

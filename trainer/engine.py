@@ -11,8 +11,11 @@ One optimizer step of network N with accumulation k is a *cycle*:
 `d_first` runs d_steps D cycles then one G cycle, `g_first` the reverse; `simultaneous`
 runs d_steps - 1 D cycles and then one joint cycle in which one forward per micro-batch
 feeds both losses and each network takes the gradient of its own loss only.
-The effective batch of a cycle (real data, noise, penalty mixing weights) is drawn once from
-the engine's generator and split into micro-batches, so accumulation is exact.
+The effective batch of a cycle (real data, noise, penalty mixing weights, augmentation
+parameters) is drawn once from the engine's generator and split into micro-batches, so
+accumulation is exact. With `augment.policy` (DiffAugment, trainer.augment) every image D
+sees, real or generated, in D's cycles and in G's, is augmented first; penalties are taken at
+the augmented images, the ones D is trained on.
 
 With `distributed.world_size: W` (DDP, trainer.ddp) every rank draws the same
 effective batch, splits it into W*k micro-batches and takes its own k. A network's gradient
@@ -38,6 +41,7 @@ from torch import nn
 
 from trainer import losses
 from trainer.audit import LeakAudit, total_norm
+from trainer.augment import AugmentParams, augment_for, augmented
 from trainer.batches import CycleBatch, StepStats
 from trainer.data import Dataset
 from trainer.ddp import Rank, average_, no_sync
@@ -101,6 +105,7 @@ class StepEngine:
             s.order == "simultaneous" and s.isolation == "freeze"
         )
         self._has_spectral = has_spectral_norm(discriminator)
+        self.augment = augment_for(spec.augment, tuple(dataset.shape))
         # Largest leak per network over this step's cycles (d_steps D cycles may differ).
         self.step_leak = {"d": 0.0, "g": 0.0}
 
@@ -121,7 +126,20 @@ class StepEngine:
             batch.real = self.dataset.sample(n, self.rng)
             if self.spec.loss.penalty == "wgan_gp":
                 batch.mix = torch.rand(n, generator=self.rng, dtype=self.dtype).to(self.device)
+        if self.augment is not None:
+            # Drawn after the rest, so that with augmentation off the stream is as it was.
+            if real:
+                batch.augment_real = self._draw_augment(n)
+            batch.augment_fake = self._draw_augment(n)
         return batch
+
+    def _draw_augment(self, n: int) -> AugmentParams:
+        assert self.augment is not None
+        return self.augment.draw(n, self.rng, dtype=self.dtype).to(self.device)
+
+    def _seen(self, images: torch.Tensor, params: AugmentParams | None) -> torch.Tensor:
+        """What D sees of `images`: augmented with `params` when augmentation is on."""
+        return augmented(self.augment, images, params)
 
     def _zero(self, net: str) -> None:
         self.opt[net].zero_grad(set_to_none=True)
@@ -222,7 +240,9 @@ class StepEngine:
         """D's loss (with penalty) and the fake logits of one micro-batch; `first_d_module`
         runs D's first forward (the real batch): the DDP wrapper when this pass is to sync D."""
         assert mb.real is not None
-        real_logits = (first_d_module or self.discriminator)(mb.real)
+        real = self._seen(mb.real, mb.augment_real)
+        fake = self._seen(fake, mb.augment_fake)
+        real_logits = (first_d_module or self.discriminator)(real)
         fake_logits = self.discriminator(fake)
         adv = losses.d_loss(self.spec.loss.kind, real_logits, fake_logits)
         pen = None
@@ -232,7 +252,7 @@ class StepEngine:
                 pen = losses.penalty(
                     self.spec.loss,
                     self.discriminator,
-                    real=mb.real,
+                    real=real,
                     fake=fake.to(self.dtype),
                     mix=mb.mix,
                 )
@@ -286,7 +306,8 @@ class StepEngine:
             with no_sync(self.ddp, ("g",), sync), self._d_frozen(freeze):
                 with self._autocast():
                     fake = self._synced("g")(mb.noise)
-                    fake_logits = self.discriminator(fake)  # D's reducer stays out of it
+                    # D's reducer stays out of it
+                    fake_logits = self.discriminator(self._seen(fake, mb.augment_fake))
                     loss = losses.g_loss(self.spec.loss.kind, fake_logits)
                 self._backward(loss, "g")
             if stats is not None:
