@@ -14,3 +14,12 @@ torch.set_num_threads(1)
 def _cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
     # The digits classifier cache goes to a scratch folder, not the user's ~/.cache.
     os.environ.setdefault("GANFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("ganforge-cache")))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Services the end-to-end tests started stop in the background; wait for the last ones.
+    import sys
+
+    services = sys.modules.get("tests.service.conftest")
+    if services is not None:
+        services.stop_services()

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -134,7 +135,20 @@ def running_service(
         _wait_healthy(service)
         yield service
     finally:
-        process.terminate()
+        _stop_in_background(process, databases)
+
+
+# Services on their way out. A Celery worker takes several seconds to stop even when idle
+# (its loop looks at the stop request every 2 s, then it winds down); the next test need not
+# wait for that, since every service has its own port, database and queues. The session
+# waits for all of them at its end (`stop_services`), so none outlives the tests.
+_STOPPING: list[threading.Thread] = []
+
+
+def _stop_in_background(process: subprocess.Popen[bytes], databases: Iterator[str] | None) -> None:
+    process.terminate()
+
+    def finish() -> None:
         try:
             process.wait(timeout=40)
         except subprocess.TimeoutExpired:
@@ -143,6 +157,16 @@ def running_service(
         if databases is not None:
             for _ in databases:  # drops the database
                 pass
+
+    thread = threading.Thread(target=finish, name=f"stop-{process.pid}")
+    thread.start()
+    _STOPPING.append(thread)
+
+
+def stop_services() -> None:
+    """Wait until every service started by running_service has stopped."""
+    while _STOPPING:
+        _STOPPING.pop().join()
 
 
 @pytest.fixture(scope="module", params=["embedded", "postgres+redis"])

@@ -17,7 +17,14 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.pool import NullPool
 
 from app.models import Job
-from tests.service.conftest import REDIS_URL, Service, _redis_url, running_service, tiny_spec
+from tests.service.conftest import (
+    REDIS_URL,
+    Service,
+    _redis_url,
+    running_service,
+    stop_services,
+    tiny_spec,
+)
 from tests.services import POSTGRES_URL
 
 FAST = {
@@ -179,6 +186,7 @@ def _start_postgres(timeout: float = 60) -> None:
 
 def test_restarting_postgresql_mid_job_and_the_job_still_finishes(tmp_path):
     _require_pg_ctl()
+    stop_services()  # earlier tests' services drop their databases before the outage
     # A lease much longer than the outage: the job rides it out on its first attempt.
     env = {**FAST, "GANFORGE_LEASE_SECONDS": "30"}
     spec = {**LONG_RUN, "steps": 3000}
