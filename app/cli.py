@@ -1,5 +1,5 @@
 """The `ganforge` command: a root that adds the trainer's commands (train, generate) and the
-service's (up, api, worker, submit, db, token)."""
+service's (up, api, worker, submit, dataset, db, token)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from app.dataset_cli import dataset
 from trainer.cli import cli as trainer_commands
 from trainer.errors import first_line
 
@@ -24,6 +25,7 @@ token = typer.Typer(
     help="API tokens: once one exists, writes and artifact downloads need one.",
 )
 service.add_typer(token, name="token")
+service.add_typer(dataset, name="dataset")
 
 INSECURE_HELP = "listen on a non-loopback address even though no API token exists"
 

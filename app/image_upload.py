@@ -1,9 +1,8 @@
-"""Archives of images uploaded to POST /api/datasets (DESIGN section 8): the form fields, what
-kind of file arrived, the checks made before anything is decoded, and the stored array.
+"""Archives of images uploaded to POST /api/datasets (DESIGN section 8): the checks made
+before anything is decoded, and the stored array.
 
-An upload is told by its content, never its name: a `.npy`, an `.npz` (a zip whose members
-are `.npy` files), or a `.zip`, `.tar` or `.tar.gz` of images, decoded by
-`trainer.images.read_images` into a uint8 (N, C, R, R) array stored as `.npy`.
+An archive (app.image_form tells it from a `.npy`/`.npz` and reads the form fields) is
+decoded by `trainer.images.read_images` into a uint8 (N, C, R, R) array stored as `.npy`.
 
 Before decoding, one pass over the archive's member headers bounds what the decode can cost
 (nothing is extracted, member names are only counted):
@@ -30,56 +29,25 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any
 
 import numpy as np
 
 from app.datasets import DatasetFileError, DatasetTooLarge, describe_bytes, prepare_upload
+from app.image_form import ImageOptions, NotAnUpload, check_options_fit, upload_kind
 from trainer.images import (
     DEFAULT_MAX_MEMBER_BYTES,
-    MAX_RESOLUTION,
-    MIN_RESOLUTION,
-    Crop,
     ImageSourceError,
     Limits,
     Skipped,
     archive_kind,
     read_images,
-    zip_holds_arrays,
 )
 
-FORM_FIELDS = ("resolution", "channels", "crop")
-CHANNELS = (1, 3)
-CROPS: tuple[str, ...] = get_args(Crop)
 MAX_MEMBER_BYTES = DEFAULT_MAX_MEMBER_BYTES
-_NPY_MAGIC = b"\x93NUMPY"
 _READ_BYTES = 1024 * 1024
-
-UploadKind = Literal["npy", "npz", "images"]
-
-
-class FormFieldError(ValueError):
-    """A form field with a bad value: `field` and `reason` (a 422 naming the field)."""
-
-    def __init__(self, field: str, reason: str):
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class ImageOptions:
-    """How an archive of images becomes an array; None: not given."""
-
-    resolution: int | None = None
-    channels: int | None = None
-    crop: Crop | None = None
-
-    def given(self) -> list[str]:
-        return [name for name in FORM_FIELDS if getattr(self, name) is not None]
 
 
 @dataclass
@@ -92,73 +60,14 @@ class Prepared:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def parse_options(fields: Mapping[str, str]) -> ImageOptions:
-    """The form fields as ImageOptions; an empty field counts as not given."""
-    values = {name: fields.get(name, "").strip() for name in FORM_FIELDS}
-    resolution = channels = None
-    if values["resolution"]:
-        resolution = _integer("resolution", values["resolution"])
-        if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
-            raise FormFieldError(
-                "resolution", f"must be {MIN_RESOLUTION} to {MAX_RESOLUTION}, not {resolution}"
-            )
-    if values["channels"]:
-        channels = _integer("channels", values["channels"])
-        if channels not in CHANNELS:
-            raise FormFieldError("channels", f"must be 1 or 3, not {channels}")
-    crop = values["crop"] or None
-    if crop is not None and crop not in CROPS:
-        raise FormFieldError("crop", f"must be center or resize, not {crop[:50]!r}")
-    return ImageOptions(resolution, channels, crop)  # type: ignore[arg-type]
-
-
-def _integer(name: str, text: str) -> int:
-    try:
-        return int(text, 10)
-    except ValueError:
-        raise FormFieldError(name, f"must be a whole number, not {text[:50]!r}") from None
-
-
-def upload_kind(path: Path) -> UploadKind:
-    """What an uploaded file is, from its first bytes (and a zip's member names)."""
-    with path.open("rb") as fh:
-        head = fh.read(2 * tarfile.BLOCKSIZE)
-    if head.startswith(_NPY_MAGIC):
-        return "npy"
-    kind = archive_kind(head)
-    if kind == "zip":
-        try:
-            return "npz" if zip_holds_arrays(path) else "images"
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise DatasetFileError(f"not a readable .npz or .zip file ({exc})") from None
-    if kind is not None:
-        return "images"
-    if len(head) >= 2 * tarfile.BLOCKSIZE and not head.strip(b"\0"):
-        raise DatasetFileError("an empty tar: no files in it")  # its end-of-archive blocks
-    raise DatasetFileError(
-        "not a .npy/.npz file, nor a .zip, .tar or .tar.gz of PNG/JPEG/WebP/BMP images"
-    )
-
-
-def check_options_fit(kind: UploadKind, options: ImageOptions) -> None:
-    """Image options go with an archive of images, which needs a resolution."""
-    if kind != "images":
-        given = options.given()
-        if given:
-            raise FormFieldError(given[0], f"only used with an archive of images, not a .{kind}")
-    elif options.resolution is None:
-        raise FormFieldError(
-            "resolution",
-            f"needed for an archive of images: the side, {MIN_RESOLUTION} to {MAX_RESOLUTION} "
-            "px, the images are scaled to",
-        )
-
-
 def prepare(upload: Path, options: ImageOptions, *, max_bytes: int) -> Prepared:
     """Turn an uploaded file into a checked .npy (the caller removes `upload` and, on
     failure of a later step, the returned path). DatasetFileError / DatasetTooLarge /
     FormFieldError when it is not usable."""
-    kind = upload_kind(upload)
+    try:
+        kind = upload_kind(upload)
+    except NotAnUpload as exc:
+        raise DatasetFileError(str(exc)) from None
     check_options_fit(kind, options)
     if kind != "images":
         path, shape, dtype = prepare_upload(upload, max_bytes=max_bytes)
@@ -198,7 +107,7 @@ class _CountingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Any) -> int:
         data = self.inner.read(min(len(buffer), _READ_BYTES))
         self.count += len(data)
         if self.count > self.limit:

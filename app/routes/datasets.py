@@ -37,7 +37,8 @@ from app.datasets import (
     usable_with,
 )
 from app.deps import SessionDep, SettingsDep, StoreDep, unprocessable
-from app.image_upload import FORM_FIELDS, FormFieldError, ImageOptions, parse_options, prepare
+from app.image_form import FORM_FIELDS, FormFieldError, ImageOptions, parse_options
+from app.image_upload import prepare
 from app.models import ACTIVE, Dataset, Job, new_id
 from app.multipart_upload import (
     MULTIPART_OVERHEAD,
