@@ -95,6 +95,8 @@ class StepEngine:
         if spec.precision == "fp16":
             # One scaler per optimizer: each network's loss scale tracks its own overflows.
             self.scaler = {n: torch.amp.GradScaler(device.type) for n in NETWORKS}
+        # Optimizer steps in a row each network's scaler skipped (inf/NaN gradients); fp16 only.
+        self.skipped_in_a_row = dict.fromkeys(NETWORKS, 0)
         self.audit = LeakAudit(self.params, average=average_ if self.ddp is not None else None)
         s = spec.schedule
         self.k = spec.accumulation.steps
@@ -170,15 +172,29 @@ class StepEngine:
             grads = [p.grad for p in params if p.grad is not None]
             torch._foreach_div_(grads, float(self.k))
         scaler = self.scaler[net]
+        norm: float | None = None
         if stats is not None:
             if scaler is not None:
                 scaler.unscale_(self.opt[net])
-            stats.values[f"grad_norm/{net}"] = total_norm(params)
+            norm = total_norm(params)
+        skipped = False
         if scaler is not None:
+            scale = scaler.get_scale()
             scaler.step(self.opt[net])
             scaler.update()
+            # The scaler lowers its scale only when it found inf/NaN gradients and skipped the
+            # optimizer step (a loss scale too high, as at the start): not divergence, and the
+            # inf/NaN norm of gradients no optimizer used is not reported. The count in a row
+            # is what tells a scale being found from gradients that overflow at any scale.
+            skipped = scaler.get_scale() < scale
+            self.skipped_in_a_row[net] = self.skipped_in_a_row[net] + 1 if skipped else 0
         else:
             self.opt[net].step()
+        if stats is not None:
+            if norm is not None and not skipped:  # d_steps > 1: of the last D step taken
+                stats.values[f"grad_norm/{net}"] = norm
+            if scaler is not None:
+                stats.values[f"amp/skipped_{net}"] = float(self.skipped_in_a_row[net])
         if self.spec.schedule.zero_grad == "after":
             self._zero(net)
 

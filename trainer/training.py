@@ -32,6 +32,11 @@ SAMPLE_SEED_OFFSET = 1
 GRID_IMAGES = 64
 SCATTER_POINTS = 1000
 
+# A skipped fp16 step (inf/NaN gradients) halves the loss scale: skipping the first few while
+# the scale comes down from 2**16 is normal, but this many in a row (scale 2**-16) means the
+# gradients overflow at any scale. Checked at metric steps.
+SKIPPED_STEPS_DIVERGED = 32
+
 Progress = Callable[[int, dict[str, float] | None], None]
 
 
@@ -309,6 +314,10 @@ def _ema_of(generator: nn.Module, decay: float) -> AveragedModel | None:
 
 
 def _raise_if_diverged(step: int, values: dict[str, float]) -> None:
+    """NaN/inf in any number, or fp16's scaler skipping every step of a network for
+    SKIPPED_STEPS_DIVERGED steps in a row (`amp/skipped_d`, `amp/skipped_g`)."""
     for name, value in values.items():
         if not math.isfinite(value):
+            raise TrainingDiverged(step, name, value)
+        if name.startswith("amp/skipped_") and value >= SKIPPED_STEPS_DIVERGED:
             raise TrainingDiverged(step, name, value)

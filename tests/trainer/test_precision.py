@@ -7,8 +7,9 @@ from collections import Counter
 import pytest
 import torch
 
-from tests.trainer.factories import tiny_spec
-from trainer.training import Trainer
+from tests.trainer.factories import run, tiny_spec
+from trainer.sinks import memory_sinks
+from trainer.training import SKIPPED_STEPS_DIVERGED, Trainer, TrainingDiverged
 
 
 @pytest.mark.parametrize("order", ["d_first", "g_first", "simultaneous"])
@@ -69,10 +70,54 @@ def test_fp16_steps_and_updates_each_scaler_once_per_cycle(order, monkeypatch):
 def test_mixed_precision_trains_with_finite_losses(precision):
     spec = tiny_spec(precision=precision, steps=30, accumulation={"steps": 2})
     trainer = Trainer(spec, evaluate=False)
-    from trainer.sinks import memory_sinks
-
     sinks = memory_sinks()
     trainer.run(sinks)
     losses = [v for _, v in sinks.metrics.series("loss/d")]
     assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
     assert all(p.dtype == torch.float32 for p in trainer.generator.parameters())
+
+
+DIGITS_CONV = {
+    "batch_size": 64,
+    "data": {"kind": "digits"},
+    "model": {"kind": "conv", "latent_dim": 16, "width": 16},
+}
+
+
+@pytest.mark.parametrize("policy", [[], ["color", "translation", "cutout"]])
+def test_fp16_digits_conv_trains_through_the_scalers_first_skipped_steps(policy):
+    # The loss scale starts at 2**16, which overflows these conv nets' gradients: the scaler
+    # skips the first step(s) and lowers the scale. That is not divergence (it used to stop the
+    # run at step 1 on "grad_norm/d = nan").
+    spec = tiny_spec(precision="fp16", augment={"policy": policy}, **DIGITS_CONV)
+    trainer, sinks = run(spec)
+    assert trainer.step == spec.steps
+    skipped = [v for _, v in sinks.metrics.series("amp/skipped_d")]
+    assert skipped[0] >= 1  # the overflow this test is about did happen
+    assert skipped[-1] == 0
+    norms = sinks.metrics.series("grad_norm/d")
+    assert norms and all(torch.isfinite(torch.tensor([v for _, v in norms])))
+    # A skipped step reports no gradient norm: the step-1 NaN is not a number of the run.
+    assert 1 not in {step for step, _ in norms}
+
+
+def test_fp16_scaler_skipping_every_step_is_reported_as_divergence():
+    spec = tiny_spec(precision="fp16", steps=60, **DIGITS_CONV)
+    trainer = Trainer(spec, evaluate=False)
+    # D's gradients overflow at any loss scale; its losses stay finite.
+    weight = next(trainer.discriminator.parameters())
+    weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    with pytest.raises(TrainingDiverged) as raised:
+        trainer.run(memory_sinks())
+    assert raised.value.metric == "amp/skipped_d"
+    assert raised.value.step == SKIPPED_STEPS_DIVERGED
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_nan_loss_is_divergence_in_any_precision(precision):
+    trainer = Trainer(tiny_spec(precision=precision, **DIGITS_CONV), evaluate=False)
+    with torch.no_grad():
+        next(trainer.discriminator.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDiverged) as raised:
+        trainer.run(memory_sinks())
+    assert (raised.value.step, raised.value.metric) == (1, "loss/d")
