@@ -21,6 +21,7 @@ from trainer.checkpoint import Checkpoint, CheckpointError, atomic_write, read_c
 from trainer.data import DataError, load_dataset
 from trainer.errors import first_line
 from trainer.models import build_models
+from trainer.resnet import widest_activation
 from trainer.spec import TrainSpec
 from trainer.training import SCATTER_POINTS, generate_from
 
@@ -78,6 +79,8 @@ class LoadedGenerator:
         per_sample = max(model.latent_dim, model.width, int(np.prod(self.shape)))
         if model.kind == "conv":  # (width, 4, 4) doubling in size, halving channels
             per_sample = max(per_sample, model.width * 4 * self.shape[-1])
+        if model.kind == "resnet":  # c x size**2 and wider at full resolution
+            per_sample = max(per_sample, widest_activation(model, self.shape))
         itemsize = 8 if self.spec.precision == "fp64" else 4
         return max(1, min(MAX_GENERATE, GENERATE_BUDGET_BYTES // (per_sample * itemsize)))
 
