@@ -229,12 +229,18 @@ def load_dataset(spec: Data, *, resolve_dataset: Callable[[str], Path] | None = 
 
 def check_model_fits(model: Model, dataset: Dataset) -> None:
     """Raise DataError when the model kind cannot take this data's shape."""
-    if model.kind != "conv":
+    if model.kind not in ("conv", "resnet"):
         return
     if not dataset.is_image:
-        raise DataError(f"model.kind: conv needs image data, the data has shape {dataset.shape}")
-    _, height, width = dataset.shape
-    if height != width or height not in (8, 16, 32, 64):
         raise DataError(
-            f"model.kind: conv takes square images of 8, 16, 32 or 64 px, got {height}x{width}"
+            f"model.kind: {model.kind} needs image data, the data has shape {dataset.shape}"
         )
+    channels, height, width = dataset.shape
+    sizes = {"conv": (8, 16, 32, 64), "resnet": (16, 32, 64, 128)}[model.kind]
+    if height != width or height not in sizes:
+        listed = ", ".join(map(str, sizes[:-1])) + f" or {sizes[-1]}"
+        raise DataError(
+            f"model.kind: {model.kind} takes square images of {listed} px, got {height}x{width}"
+        )
+    if model.kind == "resnet" and channels not in (1, 3):
+        raise DataError(f"model.kind: resnet takes images of 1 or 3 channels, got {channels}")
