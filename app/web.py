@@ -2,6 +2,7 @@
 
     /                 jobs             /jobs/new        submit a job
     /jobs/{id}        one job          /compare?ids=    overlay 2 to 6 jobs
+    /datasets         uploaded datasets: previews, delete
 
 Pages are Jinja2 templates under app/templates with a little plain JavaScript each
 (app/static/js); charts use uPlot, vendored under app/static/vendor with its licence, so the
@@ -52,6 +53,11 @@ def job_page(request: Request, job_id: str, session: SessionDep) -> HTMLResponse
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
     return page(request, "job.html", job.name or f"Job {job_id[:8]}", job_id=job_id)
+
+
+@router.get("/datasets", response_class=HTMLResponse)
+def datasets_page(request: Request) -> HTMLResponse:
+    return page(request, "datasets.html", "Datasets")
 
 
 @router.get("/compare", response_class=HTMLResponse)

@@ -115,7 +115,11 @@ def _square_limits(points: np.ndarray) -> tuple[tuple[float, float], tuple[float
 
 
 def scatter_png(
-    samples: np.ndarray, *, real: np.ndarray | None = None, title: str | None = None
+    samples: np.ndarray,
+    *,
+    real: np.ndarray | None = None,
+    title: str | None = None,
+    label: str = "generated",
 ) -> bytes:
     """A 480x480 PNG scatter of generated points (orange) over real points (grey).
 
@@ -123,6 +127,7 @@ def scatter_png(
     title says so when D > 2). The frame is square, fitted to the real points (to the
     samples when there is no `real`) with a 10% margin, so a generator that drifts away
     shows as points leaving the frame rather than as a shrunken real distribution.
+    `label` names the orange points in the legend (a dataset's preview: its examples).
     """
     if samples.ndim != 2 or samples.shape[1] < 2:
         raise ValueError(f"points must have shape (N, D) with D >= 2, got {tuple(samples.shape)}")
@@ -144,7 +149,7 @@ def scatter_png(
     axes = figure.add_subplot()
     if real is not None and len(real) > 0:
         axes.scatter(real[:, 0], real[:, 1], s=2, c="0.6", linewidths=0, label="real")
-    axes.scatter(samples[:, 0], samples[:, 1], s=3, c="tab:orange", linewidths=0, label="generated")
+    axes.scatter(samples[:, 0], samples[:, 1], s=3, c="tab:orange", linewidths=0, label=label)
     axes.set_xlim(*xlim)
     axes.set_ylim(*ylim)
     axes.set_aspect("equal")

@@ -62,7 +62,9 @@ def preview_png(path: Path, *, title: str) -> bytes:
             "or the first two coordinates of vectors"
         )
     points = _as_trained(np.ascontiguousarray(array[spread(count, SCATTER_POINTS), :2]))
-    return scatter_png(points, title=title)
+    if len(points) < count:
+        title = f"{title} ({len(points):,} of {count:,})"
+    return scatter_png(points, title=title, label="examples")
 
 
 def _holds(if_none_match: str, etag: str) -> bool:

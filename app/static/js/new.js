@@ -1,6 +1,7 @@
 /* New job (/jobs/new): presets, a form for the common fields and a YAML/JSON editor holding the
    whole spec, kept in sync both ways; checked with POST /api/specs/validate as you edit,
-   submitted with POST /api/jobs. `?from=<job id>` clones a job. */
+   submitted with POST /api/jobs. `?from=<job id>` clones a job; `?dataset=<id>` trains on an
+   uploaded dataset, picked from the list (GET /api/datasets) or uploaded here. */
 "use strict";
 
 (() => {
@@ -11,6 +12,7 @@
   const submitButton = $("nf-submit");
   const tagsInput = $("f-tags");
   const upload = $("nf-upload");
+  const picker = $("nf-dataset");
   const useConv = $("nf-use-conv");
   const controls = [...form.querySelectorAll("[data-path]")];
   const DEBOUNCE_MS = 400;
@@ -186,6 +188,7 @@
       }
       if (control.value !== text) control.value = text;
     }
+    showPicked();
   }
 
   function onControl(control) {
@@ -409,7 +412,73 @@
     checkNow();
   }
 
-  // ---- dataset upload -----------------------------------------------------------------
+  // ---- datasets: one uploaded before, or a new upload ----------------------------------
+
+  let datasets = new Map(); // id -> the dataset as GET /api/datasets lists it, newest first
+
+  function datasetLabel(d) {
+    return `${d.filename} · (${d.shape.join(", ")}) ${d.dtype} · ${d.id.slice(0, 8)}`;
+  }
+
+  function fillPicker() {
+    const none = datasets.size ? "— choose a dataset —" : "none uploaded yet";
+    picker.replaceChildren(
+      gf.el("option", { value: "", text: none }),
+      ...[...datasets.values()].map((d) => gf.el("option", { value: d.id, text: datasetLabel(d) }))
+    );
+    showPicked();
+  }
+
+  /** The picker shows the spec's data.dataset_id when it is a listed dataset. */
+  function showPicked() {
+    const id = effective("data.kind") === "array" ? getPath(state.spec, "data.dataset_id") : undefined;
+    picker.value = typeof id === "string" && datasets.has(id) ? id : "";
+  }
+
+  async function loadDatasets() {
+    try {
+      const answer = await gf.api("/api/datasets?limit=1000");
+      datasets = new Map([...answer.items.map((d) => [d.id, d]), ...datasets]);
+      fillPicker();
+    } catch (err) {
+      picker.replaceChildren(gf.el("option", { value: "", text: "could not load the datasets" }));
+      $("nf-dataset-hint").textContent = `Could not load the uploaded datasets: ${err.message}`;
+    }
+  }
+
+  /** Train on dataset `d`: data becomes {kind: array, dataset_id}; mlp networks when conv
+      cannot take its shape. Returns a note saying what else changed. */
+  function useDataset(d) {
+    state.spec.data = { kind: "array", dataset_id: d.id };
+    let note = "";
+    const conv = d.usable_with.includes("conv");
+    if (!conv && effective("model.kind") === "conv") {
+      setPath(state.spec, "model.kind", "mlp");
+      note = " model.kind is now mlp: conv takes square images of 8 to 64 px.";
+    }
+    useConv.hidden = !conv || effective("model.kind") === "conv";
+    writeEditor();
+    fillForm();
+    checkNow();
+    return note;
+  }
+
+  function pickDataset(id) {
+    resetUpload();
+    const d = datasets.get(id);
+    if (!d) {
+      deletePath(state.spec, "data.dataset_id");
+      writeEditor();
+      fillForm();
+      checkNow();
+      return;
+    }
+    const note = useDataset(d);
+    $("nf-upload-status").textContent =
+      `Using ${d.filename}: shape (${d.shape.join(", ")}), ${d.dtype}; data.dataset_id ${d.id}.${note}`;
+  }
+
+  picker.addEventListener("change", () => pickDataset(picker.value));
 
   upload.addEventListener("change", async () => {
     const file = upload.files && upload.files[0];
@@ -420,23 +489,12 @@
     body.append("file", file);
     try {
       const dataset = await gf.api("/api/datasets", { method: "POST", body });
-      if (!isObject(state.spec.data)) state.spec.data = {};
-      state.spec.data.kind = "array";
-      state.spec.data.dataset_id = dataset.id;
-      deletePath(state.spec, "data.path");
-      let note = "";
-      const conv = dataset.usable_with.includes("conv");
-      if (!conv && effective("model.kind") === "conv") {
-        setPath(state.spec, "model.kind", "mlp");
-        note = " model.kind is now mlp: conv takes square images of 8 to 64 px.";
-      }
-      useConv.hidden = !conv || effective("model.kind") === "conv";
+      datasets = new Map([[dataset.id, dataset], ...datasets]);
+      fillPicker();
+      const note = useDataset(dataset);
       $("nf-upload-status").textContent =
         `Uploaded ${dataset.filename}: shape (${dataset.shape.join(", ")}), ${dataset.dtype}; ` +
         `data.dataset_id ${dataset.id}.${note}`;
-      writeEditor();
-      fillForm();
-      checkNow();
     } catch (err) {
       $("nf-upload-status").textContent = "";
       const message = err instanceof gf.ApiError ? err.message : `the upload failed (${err.message})`;
@@ -505,7 +563,18 @@
   }
 
   async function start() {
-    const from = new URLSearchParams(window.location.search).get("from");
+    const query = new URLSearchParams(window.location.search);
+    const listed = loadDatasets();
+    await begin(query.get("from"));
+    const wanted = query.get("dataset");
+    if (!wanted) return;
+    await listed;
+    if (datasets.has(wanted)) pickDataset(wanted);
+    else $("nf-load-error").textContent = `No uploaded dataset ${wanted}: pick one from the list.`;
+  }
+
+  /** The presets, then the job to copy (`from`) or the default recipe. */
+  async function begin(from) {
     let presets = [];
     try {
       const [defaults, list] = await Promise.all([gf.api("/api/specs/defaults"), gf.api("/api/presets")]);
