@@ -151,9 +151,7 @@ def test_check_model_fits_names_model_kind_and_the_reason(shape, reason):
         check_model_fits(Model(kind="resnet"), image_data(shape))
 
 
-def test_digits_and_mixtures_are_refused_for_resnet():
-    with pytest.raises(DataError, match="model.kind: resnet takes square images .* got 8x8"):
-        check_model_fits(Model(kind="resnet"), load_dataset(Data(kind="digits")))
+def test_a_mixture_is_refused_for_resnet():
     with pytest.raises(DataError, match="model.kind: resnet needs image data"):
         check_model_fits(Model(kind="resnet"), load_dataset(Data(kind="ring")))
 
@@ -175,6 +173,23 @@ def test_four_micro_batches_match_one_batch_in_fp64(tmp_path, order):
     assert max_relative_difference(start, one) > 1e-4
     u = next(k for k in one if k.startswith("d.") and k.endswith(".u"))
     assert not torch.equal(start[u], one[u])
+
+
+@pytest.mark.parametrize(
+    ("d_norm", "loss"),
+    [("layer", {"kind": "wasserstein", "penalty": "wgan_gp"}), ("none", {"kind": "hinge"})],
+)
+def test_parity_holds_with_other_norms_losses_and_penalties(tmp_path, d_norm, loss):
+    path = images_npy(tmp_path)
+
+    def final(k: int) -> dict[str, torch.Tensor]:
+        model = {**SMALL, "d_norm": d_norm}
+        spec = resnet_spec(
+            path, steps=2, precision="fp64", accumulation={"steps": k}, model=model, loss=loss
+        )
+        return parameters(run(spec)[0])
+
+    assert max_relative_difference(final(1), final(4)) < 1e-9
 
 
 def test_batch_norm_in_the_generator_breaks_parity(tmp_path):
