@@ -12,6 +12,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.ganforge-installed
+TORCH_CONSTRAINT := $(VENV)/torch-constraint.txt
 RUN_DIR ?= var/runs/default
 
 .PHONY: setup browser run train test lint bench clean
@@ -25,7 +26,11 @@ $(STAMP): pyproject.toml
 	elif [ "$(TORCH)" != "skip" ]; then \
 	  $(PY) -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@# Pin the torch now in the venv: a dependency that needs a matching package (torch-fidelity's
+	@# torchvision) then gets the one built for this torch instead of pulling a newer torch.
+	@$(PY) -c "import torch; print('torch==' + torch.__version__)" >$(TORCH_CONSTRAINT) 2>/dev/null \
+	  || : >$(TORCH_CONSTRAINT)
+	$(PY) -m pip install --quiet -e '.[dev]' -c $(TORCH_CONSTRAINT)
 	@touch $(STAMP)
 
 # The service, embedded: SQLite + a SQLite-backed broker under ./var, the API on

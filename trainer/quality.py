@@ -1,5 +1,5 @@
 """Which quality numbers a run reports as it trains: mode coverage for a Gaussian mixture,
-classifier metrics for digits, none for other data.
+classifier metrics for digits, FID and KID for other images (trainer.fid), none for vectors.
 
 `trainer.evaluation` computes them. It is imported only when a run evaluates: it loads
 scipy, and the digits classifier may have to be trained first.
@@ -47,4 +47,8 @@ def evaluator_for(spec: TrainSpec, dataset: Dataset) -> Evaluator | None:
             return evaluator.evaluate(fake.float().cpu())
 
         return digits
+    from trainer.fid import applies_to, image_evaluator
+
+    if applies_to(dataset):  # raises EvaluationUnavailable when this machine has no weights
+        return image_evaluator(spec, dataset, seed=spec.seed + EVAL_SEED_OFFSET)
     return None

@@ -18,9 +18,10 @@ from trainer.checkpoint import Checkpoint, CheckpointRecord
 from trainer.data import Dataset, check_model_fits, load_dataset
 from trainer.ddp import AllReduceCounter, Rank, any_rank, rank_device, wrap
 from trainer.engine import StepEngine
+from trainer.fid import EvaluationUnavailable
 from trainer.models import build_models
 from trainer.optim import build_optimizer, set_decayed_lr
-from trainer.quality import evaluator_for
+from trainer.quality import Evaluator, evaluator_for
 from trainer.sinks import Sinks
 from trainer.spec import TrainSpec
 from trainer.throughput import ThroughputClock
@@ -92,8 +93,7 @@ class Trainer:
         self.engine = self._build_engine(sync_once=sync_once)
         self.step = 0
         self.leak_warned = False
-        wanted = evaluate and self.rank.writes
-        self._evaluator = evaluator_for(spec, self.dataset) if wanted else None
+        self._evaluator, self._eval_warning = self._build_evaluator(evaluate and self.rank.writes)
 
     def _load_dataset(self, resolve_dataset: Callable[[str], Path] | None) -> Dataset:
         dataset = load_dataset(self.spec.data, resolve_dataset=resolve_dataset)
@@ -115,6 +115,16 @@ class Trainer:
             return None, {}
         ddp = {"g": wrap(self.generator, self.device), "d": wrap(self.discriminator, self.device)}
         return ddp, {n: AllReduceCounter().attach(m) for n, m in ddp.items()}
+
+    def _build_evaluator(self, wanted: bool) -> tuple[Evaluator | None, str | None]:
+        """The quality numbers' evaluator, or None and why this machine cannot compute them
+        (FID without Inception weights): the run's one warning, never a made-up number."""
+        if not wanted:
+            return None, None
+        try:
+            return evaluator_for(self.spec, self.dataset), None
+        except EvaluationUnavailable as exc:
+            return None, str(exc)
 
     def _build_engine(self, *, sync_once: bool) -> StepEngine:
         return StepEngine(
@@ -186,6 +196,7 @@ class Trainer:
         the same step, and only rank 0 writes metrics, samples, checkpoints and warnings.
         """
         result = TrainResult("succeeded", self.step)
+        self._warn_unevaluated(sinks)
         clock = ThroughputClock(self.step)
         while self.step < self.spec.steps:
             if self._stop_voted(should_stop):
@@ -243,6 +254,12 @@ class Trainer:
         if self._evaluator is None or not self._due(self.spec.every.eval):
             return values
         return {**(values or {}), **self._evaluator(self)}
+
+    def _warn_unevaluated(self, sinks: Sinks) -> None:
+        """Say once, as the run starts, which quality numbers it cannot report, and why."""
+        if self._eval_warning is not None and self.rank.writes:
+            sinks.warnings.write(self.step, self._eval_warning)
+            self._eval_warning = None
 
     def _record(self, sinks: Sinks, values: dict[str, float] | None, result: TrainResult) -> None:
         """Write the step's numbers and stop on a diverged one (the same numbers on every rank,
