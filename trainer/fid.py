@@ -207,10 +207,11 @@ def frechet_distance(features_1: np.ndarray, features_2: np.ndarray) -> float:
     """The Frechet distance between Gaussians fitted to two feature sets (N1, D), (N2, D):
     |mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr (S1 S2)^(1/2), with sample covariances S.
 
-    The trace of the root is taken without forming a D x D root: with centred features
-    C1, C2, the eigenvalues of S1 S2 are the squared singular values of C1 C2^T / sqrt((N1-1)
-    (N2-1)), and a set larger than D is first replaced by its QR factor R (same C C^T-free
-    products, D rows). Exact, and for N < D far cheaper and steadier than sqrtm.
+    The trace of the root is taken without a D x D matrix root: with centred features C1,
+    C2, the eigenvalues of S1 S2 are the squared singular values of C1 C2^T divided by
+    (N1 - 1)(N2 - 1), so tr (S1 S2)^(1/2) is their sum over sqrt((N1 - 1)(N2 - 1)). A set of
+    more than D rows is first replaced by the R of its QR decomposition (D rows, the same
+    singular values). Exact, and at N < D far cheaper and steadier than sqrtm of S1 S2.
     """
     n1, n2 = len(features_1), len(features_2)
     if n1 < 2 or n2 < 2 or features_1.shape[1] != features_2.shape[1]:

@@ -2,10 +2,9 @@
 GANFORGE_INCEPTION_WEIGHTS, the metrics against direct computations, the real features'
 cache, a short training run that reports both, and a machine without weights.
 
-No Inception weights exist offline, so every test uses a stand-in file: torch-fidelity's own
-FeatureExtractorInceptionV3, randomly initialised (He init, so activations keep their scale
-through the 94 convolutions), its state dict saved with torch.save in the format the
-library loads. Same keys, same shapes, same compute; only the numbers are random. Inception
+No Inception weights exist offline, so every test uses a stand-in file
+(tests.trainer.inception): torch-fidelity's own FeatureExtractorInceptionV3 with random
+values, saved in the format the library loads: same keys, shapes and compute. Inception
 costs a fraction of a second per image on a CPU whatever the input size (it resizes to
 299 px), so the sets are 8 images and every image goes through it once or twice.
 """
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from tests.trainer.factories import merge, tiny_spec
+from tests.trainer.inception import write_stand_in_weights
 from trainer import fid
 from trainer.data import Dataset, load_dataset
 from trainer.sinks import memory_sinks
@@ -36,26 +36,7 @@ NOISE = (0.1, 0.3, 1.0)  # std of the Gaussian noise the corrupted sets get, in 
 def stand_in_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A stand-in for torch-fidelity's weights-inception-2015-12-05-6726825d.pth: the real
     architecture with random values (no weights can be fetched offline)."""
-    inception = fid.inception_module().FeatureExtractorInceptionV3
-
-    class RandomInception(inception):
-        def load_state_dict(self, state_dict, *args, **kwargs):
-            return None  # keep the random initialisation
-
-    folder = tmp_path_factory.mktemp("inception")
-    empty = folder / "empty.pth"
-    torch.save({}, empty)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = RandomInception(
-            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty)
-        )
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    path = folder / "weights-inception-stand-in.pth"
-    torch.save(model.state_dict(), path)
-    return path
+    return write_stand_in_weights(tmp_path_factory.mktemp("inception"))
 
 
 @pytest.fixture()

@@ -26,7 +26,7 @@
     { key: "audit", title: "Gradient-leak audit", names: ["audit/leak_d", "audit/leak_g"], y: "audit",
       lineWidth: 2, colors: ["#d1495b", "#e9a03b"], note: auditNote },
     { key: "eval", title: "Evaluation", y: "eval", points: true,
-      names: ["eval/modes", "eval/hq", "eval/classifier_score", "eval/fcd"] },
+      names: ["eval/modes", "eval/hq", "eval/classifier_score", "eval/fcd", "eval/fid", "eval/kid"] },
     { key: "perf", title: "Throughput", names: ["perf/steps_per_s"], colors: ["#4d7f17"] },
   ];
 
@@ -335,16 +335,22 @@
   function evalLabel(name) {
     const modes = modeCount();
     if (name === "eval/modes") return modes ? `modes (of ${modes})` : "modes";
-    return { "eval/hq": "high-quality fraction", "eval/classifier_score": "classifier score" }[name] || name.slice(5);
+    const labels = {
+      "eval/hq": "high-quality fraction", "eval/classifier_score": "classifier score",
+      "eval/fcd": "FCD", "eval/fid": "FID", "eval/kid": "KID",
+    };
+    return labels[name] || name.slice(5);
   }
 
   /** Evaluation metrics on their natural scales, so that two series never coincide by
-   * auto-scaling alone: modes 0..all, hq 0..1, classifier score 0..10 (10 classes). */
+   * auto-scaling alone: modes 0..all, hq 0..1, classifier score 0..10 (10 classes); the
+   * distances (FCD, FID, KID) from 0, KID below it when it is (it can be, slightly). */
   function evalRange(name) {
     const fixed = { "eval/hq": 1, "eval/classifier_score": 10, "eval/modes": modeCount() };
     return (u, min, max) => {
       const top = Math.max(fixed[name] || 0, isFinite(max) ? max : 0) || 1;
-      return [-0.04 * top, top * 1.06];
+      const bottom = isFinite(min) && min < 0 ? min * 1.06 : -0.04 * top;
+      return [bottom, top * 1.06];
     };
   }
 
