@@ -30,12 +30,12 @@ from sqlalchemy.orm import Session
 
 from app.models import Dataset
 from app.store import ArtifactStore, StoreError
-from trainer.data import DataError
+from trainer.data import DataError, check_model_fits
+from trainer.data import Dataset as TrainerDataset
+from trainer.spec import Model
 
 # Among several arrays in an .npz, the first of these names present is the data.
 NPZ_PREFERRED = ("x", "data", "arr_0")
-# Square image sizes the conv model takes (trainer.data.check_model_fits).
-CONV_SIZES = (8, 16, 32, 64)
 CHANNELS = (1, 3)
 FLOAT_ITEMSIZES = (2, 4, 8)
 # Bytes of the array checked for NaN/inf at a time.
@@ -263,13 +263,17 @@ def prepare_upload(upload: Path, *, max_bytes: int) -> tuple[Path, Shape, str]:
 
 
 def usable_with(shape: list[int] | Shape) -> list[str]:
-    """The model kinds that take data of this shape: always `mlp`; `conv` for square
-    images of 8, 16, 32 or 64 px ((N, H, W) gains a channel axis when loaded)."""
+    """The model kinds that take data of this shape, as the trainer decides
+    (trainer.data.check_model_fits): always `mlp`; `conv` for square images of 8 to 64 px,
+    `resnet` for square images of 16 to 128 px ((N, H, W) gains a channel axis when loaded)."""
+    example = tuple(shape[1:]) if len(shape) != 3 else (1, *shape[1:])
     kinds = ["mlp"]
-    if len(shape) in (3, 4):
-        height, width = shape[-2], shape[-1]
-        if height == width and height in CONV_SIZES:
-            kinds.append("conv")
+    for kind in ("conv", "resnet"):
+        try:
+            check_model_fits(Model(kind=kind), TrainerDataset("array", example))
+        except DataError:
+            continue
+        kinds.append(kind)
     return kinds
 
 

@@ -135,7 +135,7 @@ def test_uint8_images_are_usable_with_conv(client, tmp_path):
     assert made["usable_with"] == ["mlp"] and made["dtype"] == "float16"
     fortran = np.asfortranarray(np.ones((5, 1, 16, 16), dtype=">f8"))  # big-endian, F order
     made = upload(client, save_npy(tmp_path / "f.npy", fortran)).json()
-    assert made["usable_with"] == ["mlp", "conv"] and made["dtype"] == "float64"
+    assert made["usable_with"] == ["mlp", "conv", "resnet"] and made["dtype"] == "float64"
     assert torch.equal(
         load_array(datasets_folder(client) / f"{made['id']}.npy"), torch.ones(5, 1, 16, 16)
     )
@@ -410,7 +410,9 @@ def test_display_filename():
 
 def test_usable_with():
     assert usable_with((5, 2)) == ["mlp"]
-    assert usable_with((5, 64, 64)) == ["mlp", "conv"]
-    assert usable_with((5, 3, 32, 32)) == ["mlp", "conv"]
+    assert usable_with((5, 8, 8)) == ["mlp", "conv"]
+    assert usable_with((5, 64, 64)) == ["mlp", "conv", "resnet"]
+    assert usable_with((5, 3, 32, 32)) == ["mlp", "conv", "resnet"]
     assert usable_with((5, 3, 32, 16)) == ["mlp"]
-    assert usable_with((5, 1, 128, 128)) == ["mlp"]
+    assert usable_with((5, 1, 128, 128)) == ["mlp", "resnet"]
+    assert usable_with((5, 4, 32, 32)) == ["mlp", "conv"]  # resnet: 1 or 3 channels

@@ -116,7 +116,7 @@ def test_an_archive_stores_its_images_and_names_each_member_left_out(client, kin
     assert reasons["notes.txt"] == "not an image"
     assert reasons["broken.png"].startswith("corrupt")
     assert reasons["e.gif"] == "GIF is not one of PNG, JPEG, WEBP, BMP"
-    assert made["usable_with"] == ["mlp", "conv"]
+    assert made["usable_with"] == ["mlp", "conv", "resnet"]
 
     array = stored_array(client, made["id"])
     assert array.dtype == np.uint8 and array.shape == (4, 3, 16, 16)

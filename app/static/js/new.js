@@ -446,15 +446,17 @@
     }
   }
 
-  /** Train on dataset `d`: data becomes {kind: array, dataset_id}; mlp networks when conv
-      cannot take its shape. Returns a note saying what else changed. */
+  /** Train on dataset `d`: data becomes {kind: array, dataset_id}; mlp networks when the
+      chosen kind (conv, resnet) cannot take its shape. Returns a note saying what changed. */
   function useDataset(d) {
     state.spec.data = { kind: "array", dataset_id: d.id };
     let note = "";
     const conv = d.usable_with.includes("conv");
-    if (!conv && effective("model.kind") === "conv") {
+    const kind = effective("model.kind");
+    if (!d.usable_with.includes(kind)) {
       setPath(state.spec, "model.kind", "mlp");
-      note = " model.kind is now mlp: conv takes square images of 8 to 64 px.";
+      const sizes = { conv: "8 to 64 px", resnet: "16 to 128 px" }[kind];
+      note = ` model.kind is now mlp: ${kind} takes square images of ${sizes}.`;
     }
     useConv.hidden = !conv || effective("model.kind") === "conv";
     writeEditor();
