@@ -152,7 +152,13 @@ def read_checkpoint(path: str | Path, *, expected_sha256: str | None = None) -> 
         meta = json.loads(sidecar_path.read_text())
         data = tensors_path.read_bytes()
     except FileNotFoundError as exc:
-        raise CheckpointError(f"checkpoint: {exc.filename} does not exist") from None
+        hint = ""
+        if Path(str(exc.filename)) == sidecar_path:
+            hint = (
+                f": a checkpoint is {tensors_path.name} with its JSON sidecar beside it "
+                "(the service serves it at /api/jobs/ID/checkpoints/STEP?part=sidecar)"
+            )
+        raise CheckpointError(f"checkpoint: {exc.filename} does not exist{hint}") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"checkpoint: cannot read {path}: {exc}") from None
     if meta.get("format") != FORMAT:

@@ -88,6 +88,10 @@ def test_a_tampered_checkpoint_is_refused(tmp_path):
         read_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "checkpoints" / "step_000009.safetensors")
+    # The tensors alone (as downloaded without ?part=sidecar): the message says what is missing.
+    (tmp_path / "checkpoints" / "step_000002.json").unlink()
+    with pytest.raises(CheckpointError, match=r"step_000002.json does not exist: .*part=sidecar"):
+        read_checkpoint(path)
 
 
 def test_a_checkpoint_of_another_spec_is_refused():
