@@ -104,6 +104,10 @@ def requests_for(s: Seeded) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/api/jobs/{job_id}/events"): {"url": f"{job}/events", "expect": 200},
         ("GET", "/api/datasets"): {"expect": 200},
         ("GET", "/api/datasets/{dataset_id}"): {"url": f"/api/datasets/{s.dataset}", "expect": 200},
+        ("GET", "/api/datasets/{dataset_id}/preview.png"): {
+            "url": f"/api/datasets/{s.dataset}/preview.png",
+            "expect": 200,
+        },
         ("GET", "/api/specs/defaults"): {"expect": 200},
         ("GET", "/api/presets"): {"expect": 200},
         ("GET", "/api/auth"): {"expect": 200},
