@@ -270,7 +270,7 @@ def usable_with(shape: list[int] | Shape) -> list[str]:
     kinds = ["mlp"]
     for kind in ("conv", "resnet"):
         try:
-            check_model_fits(Model(kind=kind), TrainerDataset("array", example))
+            check_model_fits(Model.model_validate({"kind": kind}), TrainerDataset("array", example))
         except DataError:
             continue
         kinds.append(kind)
