@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from app.cli_options import DEFAULT_SERVER, Server, Token
 from app.dataset_cli import dataset
 from trainer.cli import cli as trainer_commands
 from trainer.errors import first_line
@@ -310,18 +311,11 @@ def up(
 @service.command()
 def submit(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="YAML or JSON job spec")],
-    server: str = typer.Option(
-        "http://127.0.0.1:8000", envvar="GANFORGE_SERVER", help="the ganforge API"
-    ),
+    server: Server = DEFAULT_SERVER,
     watch: bool = typer.Option(False, help="follow the job with a progress bar until it ends"),
     name: str | None = typer.Option(None, help="job name (default: the spec's name)"),
     tag: Annotated[list[str] | None, typer.Option(help="a tag for the job (repeatable)")] = None,
-    api_token: str | None = typer.Option(
-        None,
-        "--token",
-        envvar="GANFORGE_TOKEN",
-        help="API token (`ganforge token create`), when the server needs one",
-    ),
+    api_token: Token = None,
 ) -> None:
     """Submit a job to a running service (`ganforge up` or `ganforge api`)."""
     import httpx2

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from app.cli_options import DEFAULT_SERVER, Server, Token
+
 dataset = typer.Typer(no_args_is_help=True, help="Datasets on a running service.")
 
 PathArgument = Annotated[
@@ -32,15 +34,8 @@ def upload(
     crop: str | None = typer.Option(
         None, help="images: center (default; scale the short side, crop the middle) or resize"
     ),
-    server: str = typer.Option(
-        "http://127.0.0.1:8000", envvar="GANFORGE_SERVER", help="the ganforge API"
-    ),
-    api_token: str | None = typer.Option(
-        None,
-        "--token",
-        envvar="GANFORGE_TOKEN",
-        help="API token (`ganforge token create`), when the server needs one",
-    ),
+    server: Server = DEFAULT_SERVER,
+    api_token: Token = None,
 ) -> None:
     """Upload a dataset; prints its id, shape, count and the files left out."""
     import httpx2
