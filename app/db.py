@@ -146,6 +146,22 @@ def retry_transient(attempt: Callable[[], T], *, within: float, what: str) -> T:
             pause = min(2 * pause, 2.0)
 
 
+# Our Alembic revision table. Not Alembic's default `alembic_version`: Optuna's RDB storage
+# (sweeps' studies, in the same database) keeps its own schema's revision in that table.
+# migrations/env.py moves a database's revision from the old table once.
+VERSION_TABLE = "ganforge_alembic_version"
+
+
+def our_tables_only(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic's `include_name`: compare and migrate only our tables (Optuna's share the
+    database)."""
+    if type_ == "table":
+        from app.models import Base
+
+        return name in Base.metadata.tables
+    return True
+
+
 def alembic_config(url: str) -> Config:
     config = Config(toml_file=str(ROOT / "pyproject.toml"))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

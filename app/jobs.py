@@ -18,7 +18,17 @@ from typing import Any
 from sqlalchemy import Connection, delete, select, update
 
 from app import devices as device_leases
-from app.models import FINISHED, Checkpoint, Job, JobStatus, MetricPoint, Sample, utcnow
+from app.models import (
+    FINISHED,
+    Checkpoint,
+    Job,
+    JobStatus,
+    JobTag,
+    MetricPoint,
+    Sample,
+    utcnow,
+)
+from trainer.spec import TrainSpec
 
 LEASE = timedelta(seconds=60)
 
@@ -35,6 +45,36 @@ def fence(conn: Connection, job_id: str, owner: str) -> None:
     )
     if held is None:
         raise LeaseLost(f"job {job_id}: the lease of {owner} is gone")
+
+
+def new_job(
+    spec: TrainSpec,
+    *,
+    name: str | None = None,
+    priority: int = 0,
+    created_by: str | None = None,
+    tags: Sequence[str] = (),
+    sweep_id: str | None = None,
+    trial_number: int | None = None,
+    trial_params: dict[str, Any] | None = None,
+) -> Job:
+    """A queued job for a validated spec (defaults filled in), not yet added to a session:
+    what `POST /api/jobs` stores, and a sweep's controller for each trial."""
+    return Job(
+        name=name or spec.name,
+        status=JobStatus.QUEUED,
+        steps=spec.steps,
+        spec=spec.model_dump(mode="json"),
+        warnings=spec.warnings(),
+        priority=priority,
+        gpus=spec.gpus,
+        queued_at=utcnow(),
+        created_by=created_by,
+        tag_rows=[JobTag(tag=t, position=i) for i, t in enumerate(tags)],
+        sweep_id=sweep_id,
+        trial_number=trial_number,
+        trial_params=trial_params,
+    )
 
 
 class TransitionError(ValueError):

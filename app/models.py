@@ -35,11 +35,14 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    # A sweep's trial stopped by the study's pruner (its job stops with a checkpoint; the
+    # step and the rule are on the job: pruned_at, prune_rule).
+    PRUNED = "pruned"
 
 
 JOB_STATUSES = tuple(JobStatus)
 # A finished job is never picked up again (only `resume` requeues it); an active one may be.
-FINISHED = (JobStatus.CANCELLED, JobStatus.SUCCEEDED, JobStatus.FAILED)
+FINISHED = (JobStatus.CANCELLED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.PRUNED)
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
 
 # Stable constraint names, so migrations can alter and drop them on every backend.
@@ -84,6 +87,10 @@ class Job(Base):
             "status IN (" + ", ".join(f"'{s}'" for s in JOB_STATUSES) + ")", name="status"
         ),
         Index("ix_job_status_created_at", "status", "created_at"),
+        # What a free worker reads to pick its next job: the queued ones of its queue, by
+        # priority then age (app.jobs.next_queued).
+        Index("ix_job_status_gpus_priority", "status", "gpus", "priority"),
+        UniqueConstraint("sweep_id", "trial_number"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -112,6 +119,17 @@ class Job(Base):
     # host's GPUs (`[]`: none); kept after the job ends.
     worker: Mapped[str | None] = mapped_column(String(200))
     devices: Mapped[list[str] | None] = mapped_column(JSON)
+    # The GPUs the job holds (TrainSpec.gpus), hence its queue (app.queue.queue_name).
+    gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A sweep's trial: its sweep, its number in the sweep's Optuna study and the parameters
+    # the study chose; a pruned trial's step and rule.
+    sweep_id: Mapped[str | None] = mapped_column(
+        ForeignKey("sweep.id", ondelete="CASCADE"), index=True
+    )
+    trial_number: Mapped[int | None] = mapped_column(Integer)
+    trial_params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    pruned_at: Mapped[int | None] = mapped_column(Integer)
+    prune_rule: Mapped[str | None] = mapped_column(String(200))
 
     tag_rows: Mapped[list[JobTag]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="JobTag.position"
@@ -120,6 +138,48 @@ class Job(Base):
     @property
     def tags(self) -> list[str]:
         return [row.tag for row in self.tag_rows]
+
+
+class SweepStatus(StrEnum):
+    RUNNING = "running"
+    CANCELLED = "cancelled"
+    FINISHED = "finished"
+
+
+SWEEP_STATUSES = tuple(SweepStatus)
+
+
+class Sweep(Base):
+    """A set of trial jobs chosen by an Optuna study (DESIGN.md section 9). The study lives in
+    the same database (Optuna's RDB storage, its own tables), named `study_name`."""
+
+    __tablename__ = "sweep"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN (" + ", ".join(f"'{s}'" for s in SWEEP_STATUSES) + ")", name="status"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=SweepStatus.RUNNING.value)
+    method: Mapped[str] = mapped_column(String(16))
+    base: Mapped[dict[str, Any]] = mapped_column(JSON)
+    space: Mapped[dict[str, Any]] = mapped_column(JSON)
+    objective: Mapped[dict[str, Any]] = mapped_column(JSON)
+    budget: Mapped[dict[str, Any]] = mapped_column(JSON)
+    pruner: Mapped[dict[str, Any]] = mapped_column(JSON)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    study_name: Mapped[str] = mapped_column(String(100), unique=True)
+    # Parameter combinations the study proposed whose spec was invalid: [{params, error}].
+    skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # The controller pass that holds the sweep (several reconcilers may run at once).
+    controller_owner: Mapped[str | None] = mapped_column(String(200))
+    controller_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_by: Mapped[str | None] = mapped_column(String(100))
 
 
 class JobTag(Base):

@@ -18,7 +18,7 @@ from app import jobs, queue
 from app.auth import CallerDep
 from app.db import ReadPool
 from app.deps import SessionDep, SettingsDep, StoreDep, field_error, job_or_404, unprocessable
-from app.models import FINISHED, JOB_STATUSES, Job, JobStatus, JobTag, utcnow
+from app.models import FINISHED, JOB_STATUSES, Job, JobStatus, JobTag
 from app.schemas import JobCreate, JobOut, JobPage
 from app.speccheck import service_problems
 from trainer.errors import first_line
@@ -50,16 +50,8 @@ def create_job(
         raise HTTPException(
             422, [field_error(field, reason, loc) for field, reason, loc in problems]
         )
-    job = Job(
-        name=body.name or spec.name,
-        status=JobStatus.QUEUED,
-        steps=spec.steps,
-        spec=spec.model_dump(mode="json"),
-        warnings=spec.warnings(),
-        priority=body.priority,
-        queued_at=utcnow(),
-        created_by=caller.token,
-        tag_rows=[JobTag(tag=t, position=i) for i, t in enumerate(body.tags)],
+    job = jobs.new_job(
+        spec, name=body.name, priority=body.priority, created_by=caller.token, tags=body.tags
     )
     session.add(job)
     session.commit()
