@@ -2,6 +2,7 @@
 
     queued --claim--> running --finish--> succeeded | failed | cancelled
     queued --cancel--> cancelled            running --cancel--> cancelling --finish--> cancelled
+    running --prune (a sweep's pruner)--> cancelling, pruned_at set --finish--> pruned
     failed | cancelled --resume--> queued   running --release (worker shutting down)--> queued
 
 The worker holds a lease (`lease_owner`, `lease_expires_at`) that its heartbeats extend;
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, case, delete, select, update
 
 from app import devices as device_leases
 from app.models import (
@@ -148,7 +149,7 @@ def finish(
     """Record the outcome of the caller's run: succeeded, failed or cancelled."""
     assert status in FINISHED
     values: dict[str, Any] = {
-        "status": status,
+        "status": _cancelled_or_pruned() if status == JobStatus.CANCELLED else status,
         **({} if step is None else {"step": step}),
         "error": error,
         "finished_at": utcnow(),
@@ -177,7 +178,7 @@ def release(conn: Connection, job_id: str, owner: str, step: int | None) -> bool
         cleared["step"] = step
     conn.execute(
         base.where(Job.status == JobStatus.CANCELLING).values(
-            status=JobStatus.CANCELLED, finished_at=utcnow(), **cleared
+            status=_cancelled_or_pruned(), finished_at=utcnow(), **cleared
         )
     )
     result = conn.execute(
@@ -209,6 +210,25 @@ def request_cancel(conn: Connection, job_id: str) -> str:
         return status
     raise TransitionError(
         f"job {job_id} is {status}; only a queued or running job can be cancelled"
+    )
+
+
+def request_prune(conn: Connection, job_id: str, step: int, rule: str) -> bool:
+    """Stop a running trial its sweep's pruner rejected at `step`: it stops like a cancel
+    (with a checkpoint) and ends `pruned`, with the step and the rule recorded. False when
+    the job is not running (finished meanwhile, or already stopping)."""
+    result = conn.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+        .values(status=JobStatus.CANCELLING, pruned_at=step, prune_rule=rule[:200])
+    )
+    return result.rowcount == 1
+
+
+def _cancelled_or_pruned() -> Any:
+    """The final status of a job that was stopping: `pruned` when its pruner stopped it."""
+    return case(
+        (Job.pruned_at.is_not(None), JobStatus.PRUNED.value), else_=JobStatus.CANCELLED.value
     )
 
 
@@ -258,7 +278,7 @@ def requeue_expired(conn: Connection, job_id: str, now: datetime) -> str | None:
     status, attempt, max_attempts = row
     cleared = {"lease_owner": None, "lease_expires_at": None}
     if status == JobStatus.CANCELLING:
-        values: dict[str, Any] = {"status": JobStatus.CANCELLED, "finished_at": now, **cleared}
+        values: dict[str, Any] = {"status": _cancelled_or_pruned(), "finished_at": now, **cleared}
     elif attempt < max_attempts:
         values = {"status": JobStatus.QUEUED, "queued_at": now, **cleared}
     else:
@@ -276,4 +296,4 @@ def requeue_expired(conn: Connection, job_id: str, now: datetime) -> str | None:
     if result.rowcount != 1:
         return None
     device_leases.release(conn, job_id)  # expired with the job's lease; gone now
-    return str(values["status"])
+    return str(conn.scalar(select(Job.status).where(Job.id == job_id)))

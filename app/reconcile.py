@@ -61,7 +61,7 @@ def reconcile(engine: Engine, settings: Settings) -> Report:
             report.requeued.append(job_id)
         elif status == JobStatus.FAILED:
             report.failed.append(job_id)
-        elif status == JobStatus.CANCELLED:
+        elif status in (JobStatus.CANCELLED, JobStatus.PRUNED):
             report.cancelled.append(job_id)
 
     stale_before = now - timedelta(seconds=settings.resend_after_seconds)
