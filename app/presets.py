@@ -53,18 +53,25 @@ PRESETS: tuple[Preset, ...] = (
     ),
     Preset(
         id="digits",
-        title="Digits (conv)",
+        title="Digits",
         description=(
-            "scikit-learn's 8x8 digits with DCGAN-style conv networks, 1,500 steps: "
-            "classifier score 6.8, FCD 4.0 (real digits 9.6 and 0). About 3 CPU minutes."
+            "scikit-learn's 8x8 digits with 3x256 MLPs (batch norm in G), R1 weight 1, Adam "
+            "2e-3 with betas (0, 0.99), 5,000 steps: classifier score 9.1-9.2 and FCD 0.4-0.7 "
+            "on seeds 0-2 (real digits 9.6 and 0). About 3 CPU minutes."
         ),
         spec={
-            "name": "digits conv",
-            "steps": 1500,
+            "name": "digits",
+            "steps": 5000,
             "data": {"kind": "digits"},
-            "model": {"kind": "conv", "width": 64},
-            "optim": {"g": {"lr": 1.0e-3}, "d": {"lr": 1.0e-3}},
-            "every": {"samples": 500, "eval": 500, "checkpoint": 500},
+            # Batch norm in G: keep accumulation.steps 1 (micro-batches would change its
+            # statistics; the spec warns when they do).
+            "model": {"kind": "mlp", "width": 256, "depth": 3, "g_norm": "batch"},
+            "loss": {"penalty_weight": 1.0},
+            "optim": {
+                "g": {"lr": 2.0e-3, "betas": [0.0, 0.99]},
+                "d": {"lr": 2.0e-3, "betas": [0.0, 0.99]},
+            },
+            "every": {"samples": 1000, "eval": 1000, "checkpoint": 1000},
         },
     ),
     Preset(
