@@ -1,6 +1,7 @@
 """Job state transitions, each one conditional UPDATE so that concurrent parties cannot race.
 
     queued --claim--> running --finish--> succeeded | failed | cancelled
+    queued --set_priority--> queued (a free worker claims the first of `next_queued`)
     queued --cancel--> cancelled            running --cancel--> cancelling --finish--> cancelled
     running --prune (a sweep's pruner)--> cancelling, pruned_at set --finish--> pruned
     failed | cancelled --resume--> queued   running --release (worker shutting down)--> queued
@@ -12,9 +13,9 @@ holds (app.devices) share that lease: extended with it, released when the run en
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Connection, case, delete, select, update
 
@@ -111,6 +112,43 @@ def claim(
         )
     )
     return result.rowcount == 1
+
+
+# The order free workers take queued jobs in: highest priority first, then first submitted
+# (a requeue, a resume or a re-sent message keeps a job's place), then id.
+QUEUE_ORDER: Final = (Job.priority.desc(), Job.created_at, Job.id)
+
+
+def next_queued(
+    conn: Connection,
+    gpus: Collection[int] | None,
+    *,
+    skip: Collection[str] = (),
+    limit: int = 16,
+) -> list[str]:
+    """The first `limit` queued jobs holding `gpus` GPUs (any count when None), in the order
+    a free worker takes them (QUEUE_ORDER), leaving out the ids in `skip`."""
+    query = select(Job.id).where(Job.status == JobStatus.QUEUED)
+    if gpus is not None:
+        query = query.where(Job.gpus.in_(list(gpus)))
+    if skip:
+        query = query.where(Job.id.not_in(list(skip)))
+    return list(conn.scalars(query.order_by(*QUEUE_ORDER).limit(limit)))
+
+
+def set_priority(conn: Connection, job_id: str, priority: int) -> None:
+    """Change the priority of a queued job (workers read it when they pick their next job);
+    TransitionError when the job is not queued."""
+    result = conn.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(priority=priority)
+    )
+    if result.rowcount != 1:
+        status = conn.scalar(select(Job.status).where(Job.id == job_id))
+        raise TransitionError(
+            f"job {job_id} is {status}; only a queued job's priority can be changed"
+        )
 
 
 def heartbeat(

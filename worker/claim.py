@@ -1,6 +1,13 @@
-"""Claiming a job with the GPUs it needs: one transaction leases the devices (app.devices)
-and claims the job, or does neither; a job whose devices other jobs hold waits a little, then
-is left queued for another worker."""
+"""Claiming a job with the GPUs it needs.
+
+A message only wakes a worker: the database picks the job. The worker claims the first
+queued job of the message's queue (the jobs holding as many GPUs as the message's job) in
+priority order (app.jobs.next_queued), whichever job the message named; so each queue keeps
+one message per queued job. Candidates are tried in order with the conditional claim, the
+next one when another worker took it first. One transaction leases the devices
+(app.devices) and claims the job, or does neither; when the GPUs are held by other jobs the
+worker waits a little, then leaves the queue as it is for another worker.
+"""
 
 from __future__ import annotations
 
@@ -22,24 +29,27 @@ from worker.node import Node
 
 @dataclass(frozen=True)
 class Claim:
-    """The job is this worker's now, with these of its GPUs (none: it trains on the CPU)."""
+    """Job `job_id` is this worker's now, with these of its GPUs (none: it trains on the
+    CPU)."""
 
+    job_id: str
     devices: list[str]
 
 
 @dataclass(frozen=True)
 class Unfit:
-    """The job is this worker's now, but it cannot run here (it needs more GPUs than the
+    """Job `job_id` is this worker's now, but it cannot run here (it needs more GPUs than the
     worker serves): the runner records it failed with `error`."""
 
+    job_id: str
     error: str
 
 
 class Missed(StrEnum):
-    """The job was not claimed: it is left as it is."""
+    """No job was claimed: the queue is left as it is."""
 
-    NOT_QUEUED = "skipped"  # not queued (a second delivery of the same id, a cancel)
-    BUSY = "busy"  # the GPUs it needs stayed held by other jobs: still queued, for later
+    NOT_QUEUED = "skipped"  # no job of the message's queue is queued (a surplus message)
+    BUSY = "busy"  # the GPUs its jobs need stayed held by other jobs: still queued, for later
     DEFERRED = "deferred"  # not tried: the worker is on its way out (the Celery task)
 
 
@@ -48,22 +58,26 @@ ClaimResult = Claim | Unfit | Missed
 # Returned when the GPUs a job needs stayed held by other jobs: the job is still queued.
 BUSY: Final = Missed.BUSY
 
+# Candidates read at once: more than the workers that may pick at the same moment.
+CANDIDATES: Final = 16
+
 
 def claim_when_free(
     engine: Engine,
-    job_id: str,
+    message: str,
     owner: str,
     lease: timedelta,
     node: Node | None,
     shutting_down: threading.Event,
 ) -> ClaimResult:
-    """Claim the job with its GPUs, waiting up to `node.wait_seconds` for them to come free
-    (checked twice a second: several workers may share devices)."""
+    """Claim the first queued job of the queue of job `message` (the id a message carried)
+    with its GPUs, waiting up to `node.wait_seconds` for them to come free (checked twice a
+    second: several workers may share devices; the first job is picked anew each time)."""
     deadline = time.monotonic() + (node.wait_seconds if node is not None else 0.0)
     collisions = 0
     while True:
         try:
-            claim = _claim(engine, job_id, owner, lease, node)
+            claim = _claim_first(engine, message, owner, lease, node)
         except IntegrityError:
             # Another worker leased one of these devices at this very moment: look again.
             collisions += 1
@@ -72,6 +86,34 @@ def claim_when_free(
             continue
         if claim is not Missed.BUSY or time.monotonic() >= deadline or shutting_down.wait(0.5):
             return claim
+
+
+def _claim_first(
+    engine: Engine, message: str, owner: str, lease: timedelta, node: Node | None
+) -> ClaimResult:
+    """Claim the first queued job of `message`'s queue that no other worker takes first."""
+    with engine.connect() as conn:
+        gpus = conn.scalar(select(Job.gpus).where(Job.id == message))
+    # A message of a deleted job (it ran on another message, then went) still wakes this
+    # worker: it takes a job of any queue it serves.
+    queues = [gpus] if gpus is not None else _served(node)
+    lost: set[str] = set()
+    while True:
+        with engine.connect() as conn:
+            candidates = jobs.next_queued(conn, queues, skip=lost, limit=CANDIDATES)
+        if not candidates:
+            return Missed.NOT_QUEUED
+        for job_id in candidates:
+            claim = _claim(engine, job_id, owner, lease, node)
+            if claim is not Missed.NOT_QUEUED:
+                # BUSY included: every job of a queue needs as many GPUs as this one.
+                return claim
+            lost.add(job_id)  # another worker took it (or cancelled it) meanwhile
+
+
+def _served(node: Node | None) -> list[int] | None:
+    """The GPU counts of the queues a worker consumes (app.queue.worker_queues)."""
+    return None if node is None else list(range(len(node.devices) + 1))
 
 
 def _claim(
@@ -83,15 +125,16 @@ def _claim(
         if row is None or row.status != JobStatus.QUEUED:
             return Missed.NOT_QUEUED
         now = utcnow()
-        claim: Claim | Unfit = Claim([])
+        claim: Claim | Unfit = Claim(job_id, [])
         if node is not None:
             spec = TrainSpec.model_validate(row.spec)
             need = spec.gpus
             if need > len(node.devices):
                 served = ",".join(node.devices) or "none"
                 claim = Unfit(
+                    job_id,
                     f"resources.gpus: the job needs {need} GPU(s); worker {node.id} serves "
-                    f"{len(node.devices)} (--gpus {served})"
+                    f"{len(node.devices)} (--gpus {served})",
                 )
             else:
                 taken = devices.take(
@@ -107,7 +150,7 @@ def _claim(
                 if taken is None and need:
                     transaction.rollback()
                     return Missed.BUSY
-                claim = Claim(taken or [])  # none free to lend an `auto` job: the CPU
+                claim = Claim(job_id, taken or [])  # none free to lend an `auto` job: the CPU
         worker = node.id if node is not None else None
         # Started now, with the devices leased (not at `now`): the run's recorded interval
         # lies within the time it held them.

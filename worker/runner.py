@@ -1,5 +1,6 @@
-"""Runs one job: claim it (with the GPUs it needs), train it with the service's sinks,
-heartbeat, record the outcome.
+"""Runs one job: woken by a message, claim the first queued job of the message's queue (with
+the GPUs it needs; worker.claim), train it with the service's sinks, heartbeat, record the
+outcome.
 
 `run_job` is what the Celery task calls; it needs nothing from Celery, so it can also be
 driven directly (by a benchmark, say). A worker without GPUs trains in its own process. A
@@ -85,7 +86,7 @@ class Heartbeat(threading.Thread):
 
 
 def run_job(
-    job_id: str,
+    message: str,
     *,
     engine: Engine,
     store: ArtifactStore,
@@ -94,28 +95,30 @@ def run_job(
     lease: timedelta = jobs.LEASE,
     node: Node | None = None,
 ) -> RunResult:
-    """Run a queued job to its end. Returns the final status, `skipped` when the job was not
-    queued (a second delivery of the same id), `requeued` when the worker shut down, `lost`
-    when its lease went to another worker, or `busy` when the GPUs it needs stayed held by
-    other jobs for `node.wait_seconds` (the job is still queued: the caller sends it again).
-    A job needing more GPUs than `node` serves is claimed and failed, saying so. Without a
-    `node`, GPUs are not managed."""
+    """Woken by a message carrying job id `message`: claim the first queued job of its queue
+    (highest priority, then first submitted: worker.claim), whichever job that is, and run it
+    to its end. Returns the final status, `skipped` when no job of that queue is queued (a
+    surplus message), `requeued` when the worker shut down, `lost` when its lease went to
+    another worker, or `busy` when the GPUs the queue's jobs need stayed held by other jobs for
+    `node.wait_seconds` (they stay queued: the caller sends the message again). A job needing
+    more GPUs than `node` serves is claimed and failed, saying so. Without a `node`, GPUs are
+    not managed."""
     owner = owner or worker_id()
     shutting_down = shutting_down or threading.Event()
-    claim = claim_when_free(engine, job_id, owner, lease, node, shutting_down)
+    claim = claim_when_free(engine, message, owner, lease, node, shutting_down)
     if claim is Missed.NOT_QUEUED:
-        log.info("job %s is not queued; nothing to do", job_id)
+        log.info("message for job %s: no job of its queue is queued; nothing to do", message)
         return claim
     if isinstance(claim, Missed):
-        log.info("job %s: its GPUs are held by other jobs; leaving it for later", job_id)
+        log.info("message for job %s: the GPUs its queue needs are held; for later", message)
         return claim
+    job_id = claim.job_id
     where = f" on devices {','.join(claim.devices)}" if isinstance(claim, Claim) else ""
-    log.info("job %s claimed by %s%s", job_id, owner, where)
+    log.info("job %s claimed by %s%s (message for job %s)", job_id, owner, where, message)
     if isinstance(claim, Unfit):
         step, outcome = None, Outcome(JobStatus.FAILED, claim.error)
     else:
         step, outcome = _train_claimed(
-            job_id,
             claim,
             engine=engine,
             store=store,
@@ -135,7 +138,6 @@ def run_job(
 
 
 def _train_claimed(
-    job_id: str,
     claim: Claim,
     *,
     engine: Engine,
@@ -147,6 +149,7 @@ def _train_claimed(
 ) -> tuple[int | None, Outcome]:
     """Train the job under a heartbeat: in a process of its own on a worker with GPUs, else
     here. The step reached and how it ended."""
+    job_id = claim.job_id
     separate = node is not None and bool(node.devices)
     state = RunState.shared() if separate else RunState(stop=shutting_down)
     heart = Heartbeat(engine, job_id, owner, state, lease)

@@ -37,9 +37,12 @@ def engine(tmp_path) -> Iterator[Engine]:
 
 
 def _queued(engine: Engine, job_id: str, **spec) -> None:
-    full = TrainSpec.model_validate({"steps": 10, **spec}).model_dump(mode="json")
+    valid = TrainSpec.model_validate({"steps": 10, **spec})
+    full = valid.model_dump(mode="json")
     with engine.begin() as conn:
-        conn.execute(insert(Job).values(id=job_id, steps=10, spec=full, status="queued"))
+        conn.execute(
+            insert(Job).values(id=job_id, steps=10, spec=full, status="queued", gpus=valid.gpus)
+        )
 
 
 def _node(*names: str, wait: float = 0.0) -> Node:
