@@ -1,15 +1,18 @@
-"""The reconciler: the database is the source of truth, the broker only carries job ids.
+"""The reconciler: the database is the source of truth, the broker only carries wake-ups.
 
-Each pass (every worker runs one every GANFORGE_RECONCILE_EVERY_SECONDS):
+A message names a job, but it only wakes a worker of its queue, which claims the first queued
+job of that queue (worker.claim); so what must hold is one message per queued job of each
+queue, not a message per job id. Each pass (every worker runs one every
+GANFORGE_RECONCILE_EVERY_SECONDS):
 
 1. A job whose lease expired (its worker died without a word: kill -9, a lost machine) goes
-   back to `queued` with its message re-sent, while `attempt < max_attempts`; the next
+   back to `queued` with a message sent for it, while `attempt < max_attempts`; the next
    worker resumes it from its last checkpoint. Past the attempts it is `failed`; a job the
    user was cancelling is `cancelled`.
-2. A job `queued` for longer than GANFORGE_RESEND_AFTER_SECONDS while its queue holds fewer
-   messages than there are queued jobs (the broker lost some: a flushed Redis, say) has its
-   message sent again. A duplicate message is harmless: the worker's conditional claim makes
-   a second delivery of a job id a no-op.
+2. A queue that holds fewer messages than it has queued jobs (the broker lost some: a flushed
+   Redis, say) gets the difference sent again, for jobs queued for longer than
+   GANFORGE_RESEND_AFTER_SECONDS (a younger one's message may be on its way). A surplus
+   message is harmless: the worker it wakes finds nothing queued and does nothing.
 
 Every change is a conditional UPDATE, so several reconcilers can run at once.
 """
@@ -64,27 +67,40 @@ def reconcile(engine: Engine, settings: Settings) -> Report:
         elif status in (JobStatus.CANCELLED, JobStatus.PRUNED):
             report.cancelled.append(job_id)
 
-    stale_before = now - timedelta(seconds=settings.resend_after_seconds)
-    with engine.connect() as conn:
-        queued = conn.execute(
-            select(Job.id, Job.spec, Job.queued_at).where(Job.status == JobStatus.QUEUED)
-        ).all()
-    by_queue: dict[str, list[tuple[str, bool]]] = {}
-    for job_id, spec, queued_at in queued:
-        name = queue.stored_queue(settings, spec)
-        stale = job_id in report.requeued or queued_at is None or queued_at < stale_before
-        by_queue.setdefault(name, []).append((job_id, stale))
-    depth = queue.queue_depth(settings, by_queue) if by_queue else {}
-    for name, entries in by_queue.items():
-        missing = len(entries) - depth.get(name, 0)
-        for job_id, stale in entries:
-            if job_id in report.requeued or (missing > 0 and stale):
-                _resend(engine, settings, job_id, name, now)
-                if job_id not in report.requeued:
-                    report.resent.append(job_id)
+    _resend_missing(engine, settings, report, now)
     if report:
         log.warning("reconciled: %s", report)
     return report
+
+
+def _resend_missing(engine: Engine, settings: Settings, report: Report, now: datetime) -> None:
+    """Send a message for each requeued job, and for stale queued jobs as many as their
+    queue lacks (step 2 of the module's docstring)."""
+    stale_before = now - timedelta(seconds=settings.resend_after_seconds)
+    with engine.connect() as conn:
+        queued = conn.execute(
+            select(Job.id, Job.gpus, Job.queued_at)
+            .where(Job.status == JobStatus.QUEUED)
+            .order_by(Job.queued_at)
+        ).all()
+    by_queue: dict[str, list[tuple[str, bool]]] = {}
+    for job_id, gpus, queued_at in queued:
+        stale = queued_at is None or queued_at < stale_before
+        by_queue.setdefault(queue.queue_name(settings, gpus), []).append((job_id, stale))
+    depth = queue.queue_depth(settings, by_queue) if by_queue else {}
+    for name, entries in by_queue.items():
+        missing = len(entries) - depth.get(name, 0)
+        for job_id, _ in entries:
+            if job_id in report.requeued:  # its message went with its dead worker
+                _resend(engine, settings, job_id, name, now)
+                missing -= 1
+        for job_id, stale in entries:
+            if missing <= 0:
+                break
+            if stale and job_id not in report.requeued:
+                _resend(engine, settings, job_id, name, now)
+                report.resent.append(job_id)
+                missing -= 1
 
 
 def _resend(

@@ -1,4 +1,5 @@
-"""The jobs API (DESIGN.md section 5): submit, list, read, cancel, resume, delete."""
+"""The jobs API (DESIGN.md sections 5 and 9): submit, list, read, reprioritize, cancel, resume,
+delete."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, CursorResult, Engine, bindparam, delete, select, tuple_, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
@@ -24,6 +26,14 @@ from app.speccheck import service_problems
 from trainer.errors import first_line
 
 router = APIRouter(prefix="/api")
+
+
+class PriorityChange(BaseModel):
+    """The body of `PATCH /api/jobs/{id}`: the queued job's new priority."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int = Field(ge=-100, le=100, description="higher runs first; as on submission")
 
 
 def _encode_cursor(job: Job) -> str:
@@ -125,6 +135,15 @@ async def get_job(job_id: str, request: Request) -> Response:
     fields = {**rows[0], "tags": [row["tag"] for row in rows if row["tag"] is not None]}
     body = JobOut.model_validate(fields).model_dump_json()
     return Response(body, media_type="application/json")
+
+
+@router.patch("/jobs/{job_id}")
+def change_job(job_id: str, body: PriorityChange, session: SessionDep) -> JobOut:
+    """Change a queued job's priority: free workers take the highest first (409 when the job
+    is no longer queued)."""
+    job_or_404(session, job_id)
+    _transition(session, lambda conn, job: jobs.set_priority(conn, job, body.priority), job_id)
+    return _fresh(session, job_id)
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -119,6 +119,11 @@ def requests_for(s: Seeded) -> dict[tuple[str, str], dict[str, Any]]:
             "expect": 200,
         },
         ("POST", "/api/datasets"): {"files": {"file": ("more.npy", _npy())}, "expect": 201},
+        ("PATCH", "/api/jobs/{job_id}"): {
+            "url": f"/api/jobs/{s.queued}",
+            "json": {"priority": 5},
+            "expect": 200,
+        },
         ("POST", "/api/jobs/{job_id}/cancel"): {
             "url": f"/api/jobs/{s.queued}/cancel",
             "expect": 200,
@@ -163,7 +168,7 @@ def state(s: Seeded) -> dict[str, Any]:
         (str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file()
     )
     return {
-        "jobs": sorted((j["id"], j["status"], tuple(j["tags"])) for j in jobs),
+        "jobs": sorted((j["id"], j["status"], tuple(j["tags"]), j["priority"]) for j in jobs),
         "datasets": datasets,
         "files": files,
     }

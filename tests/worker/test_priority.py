@@ -17,6 +17,9 @@ from sqlalchemy.orm import Session
 from app import jobs
 from app.db import make_engine, upgrade
 from app.models import Job, utcnow
+from app.queue import queue_depth, send
+from app.reconcile import reconcile
+from app.settings import Settings
 from tests.app.conftest import _fresh_postgres
 from trainer.spec import TrainSpec
 from worker.claim import Claim, Missed, claim_when_free
@@ -148,3 +151,20 @@ def test_two_workers_picking_at_once_take_different_jobs(engine, monkeypatch):
         owners = {row.id: row.lease_owner for row in conn.execute(select(Job.id, Job.lease_owner))}
     assert {owners[first], owners[second]} == {"claimer-0", "claimer-1"}
     assert owners[third] is None
+
+
+def test_the_reconciler_sends_only_as_many_messages_as_a_queue_lacks(engine, tmp_path):
+    # Any message wakes a worker for the first job of its queue: a queue needs one message
+    # per queued job, whichever ids they carry.
+    settings = Settings(
+        database_url=engine.url.render_as_string(hide_password=False),
+        broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+        queue_prefix="priority-",
+    )
+    ids = _queue(engine, 0, 1, 2)
+    with engine.begin() as conn:
+        conn.execute(update(Job).values(queued_at=utcnow() - timedelta(hours=1)))
+    send(settings, ids[0], "priority-cpu")  # the broker kept one message of three
+    assert len(reconcile(engine, settings).resent) == 2
+    assert queue_depth(settings)["priority-cpu"] == 3
+    assert reconcile(engine, settings).resent == []
