@@ -8,7 +8,9 @@ worker process runs one job at a time in its own main thread (`solo` pool, prefe
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import threading
 from datetime import timedelta
 from functools import lru_cache
@@ -23,6 +25,7 @@ from app.queue import RUN_JOB, make_celery, send, stored_queue
 from app.reconcile import reconcile
 from app.settings import get_settings
 from app.store import ArtifactStore
+from app.sweep_controller import run_controller_pass
 from trainer.errors import first_line
 from worker.attempt import Stopped
 from worker.claim import Missed
@@ -79,6 +82,20 @@ def _reconcile_forever() -> None:
                 log.warning("reconcile pass skipped: database unreachable: %s", first_line(exc))
             else:
                 log.exception("reconcile pass failed")
+        _control_sweeps(engine)
+
+
+def _control_sweeps(engine: Engine, sweep_ids: list[str] | None = None) -> None:
+    """A sweep controller pass (app.sweep_controller): beside each reconcile pass, and at
+    once for a trial's sweep when the trial ends here (its next trial need not wait)."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+    try:
+        run_controller_pass(engine, get_settings(), owner, sweep_ids=sweep_ids)
+    except Exception as exc:  # noqa: BLE001 - the next pass tries again
+        if is_transient(exc):
+            log.warning("sweep pass skipped: database unreachable: %s", first_line(exc))
+        else:
+            log.exception("sweep pass failed")
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
@@ -118,6 +135,11 @@ def run_job(job_id: str) -> RunResult:
         # Back on the queue for another worker (or this one, restarted or with its GPUs free
         # again) to continue from the checkpoint just written, or to start.
         _send_again(engine, job_id)
+    elif not shutting_down.is_set():
+        with engine.connect() as conn:
+            sweep_id = conn.scalar(select(Job.sweep_id).where(Job.id == job_id))
+        if sweep_id is not None:
+            _control_sweeps(engine, [sweep_id])
     return status
 
 
