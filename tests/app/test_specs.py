@@ -191,10 +191,18 @@ def test_defaults_are_the_empty_spec(client):
 
 def test_presets_are_valid_and_in_order(client):
     items = client.get("/api/presets").json()["items"]
-    assert [p["id"] for p in items] == ["ring", "grid", "digits", "seed-broken", "seed-fixed"]
+    assert [p["id"] for p in items] == [
+        "ring",
+        "grid",
+        "digits",
+        "seed-broken",
+        "seed-fixed",
+        "seed-study",
+    ]
     for preset in items:
         assert preset["title"] and preset["description"]
         assert validate(client, spec=preset["spec"]).status_code == 200, preset["id"]
+        assert (preset["sweep"] is None) == (preset["id"] != "seed-study"), preset["id"]
     by_id = {p["id"]: p for p in items}
     assert by_id["seed-broken"]["twin"] == "seed-fixed"
     assert by_id["seed-fixed"]["twin"] == "seed-broken"
@@ -203,6 +211,36 @@ def test_presets_are_valid_and_in_order(client):
     assert validate(client, spec=by_id["seed-fixed"]["spec"]).json()["leaks"]["d"] is False
     assert by_id["grid"]["spec"]["data"]["kind"] == "grid"
     assert TrainSpec.model_validate(by_id["ring"]["spec"]).data.kind == "ring"
+
+
+def test_the_seed_study_is_a_grid_over_every_schedule_with_accumulation_1_and_4(client):
+    study = next(p for p in client.get("/api/presets").json()["items"] if p["id"] == "seed-study")
+    sweep = study["sweep"]
+    assert sweep["method"] == "grid"
+    assert sweep["objective"] == {"metric": "eval/modes", "mode": "max"}
+    assert "base" not in sweep  # the preset's spec is the base
+    space = {path: dim["values"] for path, dim in sweep["space"].items()}
+    schedule = TrainSpec.model_fields["schedule"].annotation.model_fields
+    assert space == {
+        "schedule.order": list(typing.get_args(schedule["order"].annotation)),
+        "schedule.isolation": list(typing.get_args(schedule["isolation"].annotation)),
+        "schedule.zero_grad": list(typing.get_args(schedule["zero_grad"].annotation)),
+        "accumulation.steps": [1, 4],
+    }
+    assert sweep["budget"] == {"trials": 36, "concurrent": 2}
+    base = TrainSpec.model_validate(study["spec"])
+    assert base.data.kind == "ring" and base.steps == 2000
+    # Every combination is a valid spec, and the grid holds leaking and clean schedules.
+    leaks = set()
+    for order in space["schedule.order"]:
+        for isolation in space["schedule.isolation"]:
+            for zero_grad in space["schedule.zero_grad"]:
+                for k in space["accumulation.steps"]:
+                    schedule_ = {"order": order, "isolation": isolation, "zero_grad": zero_grad}
+                    spec = {**study["spec"], "schedule": schedule_, "accumulation": {"steps": k}}
+                    assert validate(client, spec=spec).status_code == 200, spec
+                    leaks.add(bool(leaking_networks(**schedule_)))
+    assert leaks == {True, False}
 
 
 def test_presets_equal_the_example_files():
