@@ -3,6 +3,7 @@
     /                 jobs             /jobs/new        submit a job
     /jobs/{id}        one job          /compare?ids=    overlay 2 to 6 jobs
     /datasets         uploaded datasets: previews, delete
+    /sweeps           sweeps           /sweeps/{id}     one sweep: trials, chart, best
 
 Pages are Jinja2 templates under app/templates with a little plain JavaScript each
 (app/static/js); charts use uPlot, vendored under app/static/vendor with its licence, so the
@@ -21,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 
 from app.deps import SessionDep
 from app.hostguard import DASHBOARD_CSP
-from app.models import JOB_STATUSES, Job
+from app.models import JOB_STATUSES, Job, Sweep
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -58,6 +59,19 @@ def job_page(request: Request, job_id: str, session: SessionDep) -> HTMLResponse
 @router.get("/datasets", response_class=HTMLResponse)
 def datasets_page(request: Request) -> HTMLResponse:
     return page(request, "datasets.html", "Datasets")
+
+
+@router.get("/sweeps", response_class=HTMLResponse)
+def sweeps_page(request: Request) -> HTMLResponse:
+    return page(request, "sweeps.html", "Sweeps")
+
+
+@router.get("/sweeps/{sweep_id}", response_class=HTMLResponse)
+def sweep_page(request: Request, sweep_id: str, session: SessionDep) -> HTMLResponse:
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        raise HTTPException(404, f"sweep {sweep_id} not found")
+    return page(request, "sweep.html", sweep.name or f"Sweep {sweep_id[:8]}", sweep_id=sweep_id)
 
 
 @router.get("/compare", response_class=HTMLResponse)

@@ -273,6 +273,24 @@ const gf = (() => {
     return source;
   }
 
+  /* ---- sweeps -------------------------------------------------------------------------- */
+
+  // A trial in one of these statuses will not run again.
+  const TRIAL_DONE = ["succeeded", "failed", "cancelled", "pruned"];
+
+  /** A sweep's trials done (any end) of its budget, and those queued or running. */
+  function sweepProgress(sweep) {
+    const counts = sweep.counts || {};
+    const n = (names) => names.reduce((sum, s) => sum + (counts[s] || 0), 0);
+    const total = (sweep.budget && sweep.budget.trials) || 0;
+    return { done: n(TRIAL_DONE), active: n(["queued", "running", "cancelling"]), total };
+  }
+
+  /** "eval/modes (max)". */
+  function objectiveText(objective) {
+    return objective ? `${objective.metric} (${objective.mode})` : "–";
+  }
+
   /* ---- numbers and charts ------------------------------------------------------------ */
 
   const PALETTE = ["#2456c7", "#d1495b", "#2a9d8f", "#e9a03b", "#7b4fc9", "#4d7f17", "#8c564b", "#17becf"];
@@ -319,7 +337,8 @@ const gf = (() => {
   const tickValues = (u, ticks) => ticks.map((v) => (v == null ? "" : fmt(v)));
   const VALUE_AXIS = { labelSize: 18, size: 56, values: tickValues };
 
-  /** One line: the def's {label, color?, width?, scale?, points?} with the defaults filled in. */
+  /** One line: the def's {label, color?, width?, scale?, points?, scatter?, size?} with the
+      defaults filled in; scatter: points of `size` px and no line. */
   function lineSeries(s, i) {
     const line = {
       label: s.label,
@@ -330,6 +349,11 @@ const gf = (() => {
       value: (u, v) => fmt(v),
     };
     if (s.points) line.points = s.points; // else uPlot's own: marks while the points are sparse
+    if (s.scatter) {
+      // Points only: no line between them.
+      line.paths = () => null;
+      line.points = { show: true, size: s.size || 8, fill: line.stroke, stroke: line.stroke };
+    }
     return line;
   }
 
@@ -357,7 +381,8 @@ const gf = (() => {
 
   /**
    * A uPlot line chart against "step" that fills its container's width, from a definition:
-   *   {title?, height?, yLabel?, series: [{label, color?, width?, scale?, points?}],
+   *   {title?, height?, yLabel?, series: [{label, color?, width?, scale?, points?, scatter?}],
+   *    xLabel?, xAxis?: {...merged into the x axis}, xValue?: (u, v) => legend text of an x,
    *    scales?: {y: {...}, y2: {...}}, yAxis?: {...merged into the y axis}, axes?: [more value axes],
    *    hooks?: {...}}
    * (uPlot's own option objects). Legends and y ticks go through fmt. data: [xs, ys...] (align).
@@ -371,11 +396,11 @@ const gf = (() => {
       height,
       scales: { x: { time: false }, y: {}, ...def.scales },
       axes: [
-        { label: "step", labelSize: 18, size: 36 },
+        { label: def.xLabel || "step", labelSize: 18, size: 36, ...def.xAxis },
         { ...VALUE_AXIS, scale: "y", label: def.yLabel || "", ...def.yAxis },
         ...(def.axes || []).map((axis) => ({ ...VALUE_AXIS, ...axis })),
       ],
-      series: [{ label: "step", value: stepValue }, ...def.series.map(lineSeries)],
+      series: [{ label: def.xLabel || "step", value: def.xValue || stepValue }, ...def.series.map(lineSeries)],
       hooks: chartHooks(def.hooks),
       legend: { live: true },
       cursor: { drag: { x: true, y: false } },
@@ -403,5 +428,8 @@ const gf = (() => {
   auth.ask = askToken;
   auth.forget = forgetToken;
 
-  return { api, request, auth, ApiError, describeDetail, el, badge, duration, when, timing, toast, follow, chart, align, fmt, color, PALETTE };
+  return {
+    api, request, auth, ApiError, describeDetail, el, badge, duration, when, timing, toast, follow,
+    chart, align, fmt, color, PALETTE, sweepProgress, objectiveText, TRIAL_DONE,
+  };
 })();
