@@ -247,12 +247,15 @@
     );
   }
 
-  /** The job ids of the n trials with the best objective value, best first. */
+  /** The job ids of the n trials with the best objective value: the sweep's best first (it
+      decides ties), then by value, ties by trial number. */
   function bestIds(n) {
     const sign = state.sweep.objective && state.sweep.objective.mode === "min" ? 1 : -1;
+    const best = state.sweep.best && state.sweep.best.job_id;
+    const rank = (t) => (t.job_id === best ? 0 : 1);
     return (state.sweep.trials || [])
       .filter((t) => hasValue(t.value))
-      .sort((a, b) => sign * (a.value - b.value) || a.number - b.number)
+      .sort((a, b) => rank(a) - rank(b) || sign * (a.value - b.value) || a.number - b.number)
       .slice(0, n)
       .map((t) => t.job_id);
   }
