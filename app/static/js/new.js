@@ -1,7 +1,8 @@
 /* New job (/jobs/new): presets, a form for the common fields and a YAML/JSON editor holding the
    whole spec, kept in sync both ways; checked with POST /api/specs/validate as you edit,
-   submitted with POST /api/jobs. `?from=<job id>` clones a job; `?dataset=<id>` trains on an
-   uploaded dataset, picked from the list (GET /api/datasets) or uploaded here. */
+   submitted with POST /api/jobs, or as a sweep's base with POST /api/sweeps (the Sweep section,
+   new_sweep.js). `?from=<job id>` clones a job; `?dataset=<id>` trains on an uploaded dataset,
+   picked from the list (GET /api/datasets) or uploaded here. */
 "use strict";
 
 (() => {
@@ -350,6 +351,7 @@
   // ---- presets ------------------------------------------------------------------------
 
   function presetButton(preset) {
+    if (preset.sweep) return sweepPresetButton(preset);
     return gf.el(
       "button",
       {
@@ -362,6 +364,29 @@
       gf.el("span", { class: "nf-preset-title", text: preset.title }),
       gf.el("span", { class: "nf-preset-desc", text: preset.description })
     );
+  }
+
+  /** A preset that is a sweep: one click submits it and opens the sweep's page. */
+  function sweepPresetButton(preset) {
+    const trials = preset.sweep.budget ? preset.sweep.budget.trials : "";
+    return gf.el(
+      "button",
+      { type: "button", class: "nf-preset", "data-preset": preset.id, "data-sweep": "", onclick: () => submitSweep(preset) },
+      gf.el("span", { class: "nf-preset-title", text: `${preset.title} (a sweep of ${trials})` }),
+      gf.el("span", { class: "nf-preset-desc", text: preset.description })
+    );
+  }
+
+  async function submitSweep(preset) {
+    $("nf-submit-error").textContent = "";
+    setStatus(`Submitting the sweep ${preset.title}…`);
+    try {
+      await gfSweepForm.submit(gfSweepForm.presetBody(preset));
+      setStatus("Submitted");
+    } catch (err) {
+      setStatus("");
+      $("nf-submit-error").textContent = `The sweep was not submitted: ${err.message}`;
+    }
   }
 
   function renderPresets(items) {
@@ -392,7 +417,7 @@
   }
 
   function markPreset(id) {
-    for (const b of document.querySelectorAll(".nf-preset")) {
+    for (const b of document.querySelectorAll(".nf-preset:not([data-sweep])")) {
       b.setAttribute("aria-pressed", String(b.dataset.preset === id));
     }
   }
@@ -525,15 +550,22 @@
     state.checkSeq++; // a check still in flight must not overwrite what the submit says
     submitButton.disabled = true;
     setStatus("Submitting…");
+    const sweep = gfSweepForm.active();
     try {
-      const job = await gf.api("/api/jobs", { method: "POST", json: { spec: state.value, tags: tags() } });
+      if (sweep) {
+        await gfSweepForm.submit(gfSweepForm.body(state.value));
+      } else {
+        const job = await gf.api("/api/jobs", { method: "POST", json: { spec: state.value, tags: tags() } });
+        window.location.assign(`/jobs/${encodeURIComponent(job.id)}`);
+      }
       setStatus("Submitted");
-      window.location.assign(`/jobs/${encodeURIComponent(job.id)}`);
     } catch (err) {
       submitButton.disabled = false;
       setStatus("");
       if (err instanceof gf.ApiError && err.status === 422 && Array.isArray(err.detail)) {
-        showErrors(err.detail);
+        // A sweep's base is the spec: its errors go where the spec's would.
+        const detail = sweep ? err.detail.map((d) => ({ ...d, field: baseField(d.field) })) : err.detail;
+        showErrors(detail);
         $("nf-submit-error").textContent = "Not submitted: fix the problems marked above.";
         const first = form.querySelector("[aria-invalid=true]");
         if (first) first.focus();
@@ -542,6 +574,12 @@
       }
     }
   });
+
+  /** "base.steps" -> "spec.steps", "base" -> "spec"; other fields of a sweep as they are. */
+  function baseField(field) {
+    if (field === "base") return "spec";
+    return typeof field === "string" && field.startsWith("base.") ? `spec.${field.slice(5)}` : field;
+  }
 
   // ---- start --------------------------------------------------------------------------
 
@@ -575,6 +613,12 @@
     else $("nf-load-error").textContent = `No uploaded dataset ${wanted}: pick one from the list.`;
   }
 
+  /** The form's choices for a spec field (a select's options), or null. */
+  function choicesOf(path) {
+    const control = controls.find((c) => c.dataset.path === path && c.tagName === "SELECT");
+    return control ? [...control.options].filter((o) => !o.dataset.extra).map((o) => o.value) : null;
+  }
+
   /** The presets, then the job to copy (`from`) or the default recipe. */
   async function begin(from) {
     let presets = [];
@@ -583,6 +627,7 @@
       state.defaults = defaults;
       presets = list.items;
       renderPresets(presets);
+      gfSweepForm.attach({ defaults: () => state.defaults, options: choicesOf });
     } catch (err) {
       $("nf-load-error").textContent = `Could not load the presets: ${err.message}`;
     }
