@@ -354,3 +354,36 @@ def test_ranks_split_the_batch_and_a_split_that_does_not_fit_is_named(page, live
         "batch_size=256 (each rank takes an equal share)"
     )
     screenshot(page, "new-job-ranks")
+
+
+def test_the_sweep_section_turns_the_form_into_a_sweep_and_back(page, live):
+    """Run as a sweep shows the section and makes the button Submit sweep; a picked select
+    field is offered its choices; off again, the form submits jobs. The Sweeps page's
+    "New sweep" opens the form with it on. (Submitting sweeps: test_sweeps_page.py.)"""
+    _open(page)
+    section = page.locator("#sw-body")
+    expect(section).to_be_hidden()
+    page.get_by_label("Run as a sweep").check()
+    expect(section).to_be_visible()
+    expect(page.get_by_role("button", name="Submit sweep")).to_be_visible()
+    page.get_by_label("Field to vary").fill("schedule.order")
+    page.get_by_label("Field to vary").press("Tab")
+    expect(page.get_by_label("Values")).to_have_value("d_first, g_first, simultaneous")
+    expect(page.locator('[data-field="space.schedule.order"]')).to_have_count(1)
+    # Every leaf of the default spec can be varied (the field list).
+    options = page.locator("#sw-paths option").evaluate_all("os => os.map(o => o.value)")
+    assert {"optim.g.lr", "accumulation.steps", "model.width", "schedule.zero_grad"} <= set(options)
+    assert "name" not in options
+    screenshot(page, "new-job-sweep-section")
+    page.get_by_label("Run as a sweep").uncheck()
+    expect(section).to_be_hidden()
+    expect(page.get_by_role("button", name="Submit job")).to_be_visible()
+
+    # The Sweeps page's "New sweep" opens the form with the section on.
+    page.goto("/sweeps")
+    page.get_by_role("link", name="New sweep").click()
+    expect(page).to_have_url(re.compile(r"/jobs/new#nf-sweep$"))
+    expect(page.locator('.nf-preset[data-preset="ring"]')).to_be_visible()
+    expect(page.get_by_label("Run as a sweep")).to_be_checked()
+    expect(page.get_by_role("button", name="Submit sweep")).to_be_visible()
+    _no_sideways_scroll(page)

@@ -170,6 +170,8 @@ window.gfSweepForm = (() => {
   }
 
   toggle.addEventListener("change", () => setOn(toggle.checked));
+  // The Sweeps page's "New sweep" links here with #nf-sweep.
+  window.addEventListener("hashchange", () => window.location.hash === "#nf-sweep" && setOn(true));
   $("sw-add").addEventListener("click", () => addRow().path.focus());
 
   /** new.js: where the defaults, the spec and a field's choices come from. */
