@@ -190,5 +190,6 @@ def default_spec() -> dict[str, Any]:
 def list_presets() -> PresetList:
     """Ready-made specs: the default ring recipe, the grid, digits, and the seed essay's
     broken update order beside its fixed twin (`twin` names the other, `difference` says how
-    they differ)."""
+    they differ); and the seed's study, whose `sweep` is a `POST /api/sweeps` body without
+    `base` (its base is the preset's spec): every schedule on the ring, objective eval/modes."""
     return PresetList(items=presets())
