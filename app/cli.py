@@ -12,6 +12,7 @@ import typer
 
 from app.cli_options import DEFAULT_SERVER, Server, Token
 from app.dataset_cli import dataset
+from app.sweep_cli import sweep
 from trainer.cli import cli as trainer_commands
 from trainer.errors import first_line
 
@@ -27,6 +28,7 @@ token = typer.Typer(
 )
 service.add_typer(token, name="token")
 service.add_typer(dataset, name="dataset")
+service.command()(sweep)
 
 INSECURE_HELP = "listen on a non-loopback address even though no API token exists"
 

@@ -1,0 +1,138 @@
+"""Sweeps on the whole service: `ganforge up` with two real workers, whose controllers create
+the trials, feed the study and finish the sweep, on SQLite + the embedded broker and on
+PostgreSQL + Redis. Each trial is run exactly once, also when its worker is killed mid-trial
+(it resumes from its checkpoint). Short leases, so the reconciler acts within seconds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from app import sweep_study
+from tests.service.conftest import ROOT, Service, running_service, tiny_spec
+from tests.service.test_reliability import FAST, _owner_pid
+
+
+@pytest.fixture(scope="module", params=["embedded", "postgres+redis"])
+def svc(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Service]:
+    workdir = tmp_path_factory.mktemp(f"sweeps-{request.param.replace('+', '-')}")
+    with running_service(workdir, request.param, workers=2, env_overrides=FAST) as service:
+        yield service
+
+
+def _study(service: Service, sweep: dict[str, Any]) -> optuna.Study:
+    url = service.env["GANFORGE_DATABASE_URL"]
+    name = f"ganforge-sweep-{sweep['id']}"
+    return optuna.load_study(study_name=name, storage=sweep_study.storage(url))
+
+
+def _wait_ended(service: Service, sweep_id: str, timeout: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    with service.client() as client:
+        while True:
+            sweep: dict[str, Any] = client.get(f"/api/sweeps/{sweep_id}").json()
+            if sweep["status"] != "running":
+                return sweep
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"sweep still running: {sweep}\n" + service.log.read_text()[-3000:]
+                )
+            time.sleep(0.2)
+
+
+def _once_each(service: Service, sweep: dict[str, Any], attempts: dict[int, int]) -> None:
+    """Every trial succeeded at its last step, with the attempts given (1: run once), its
+    metrics stored once per step, and the study tells the same story as the jobs."""
+    with service.client() as client:
+        for trial in sweep["trials"]:
+            job = client.get(f"/api/jobs/{trial['job_id']}").json()
+            assert job["status"] == "succeeded" and job["step"] == job["steps"], job
+            assert job["attempt"] == attempts.get(trial["number"], 1), job
+            series = client.get(
+                f"/api/jobs/{job['id']}/metrics", params={"names": "loss/d", "max_points": 10**5}
+            ).json()["series"]["loss/d"]
+            assert series["step"] == list(range(5, job["steps"] + 1, 5))
+    study = _study(service, sweep)
+    assert [t.number for t in study.trials] == [t["number"] for t in sweep["trials"]]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert [t.value for t in study.trials] == [t["value"] for t in sweep["trials"]]
+
+
+def test_a_grid_sweep_through_the_cli_runs_each_trial_once_and_finds_the_best(svc, tmp_path):
+    body = {
+        "name": "order x accumulation",
+        "base": tiny_spec(
+            steps=60, every={"metrics": 5, "samples": 0, "checkpoint": 20, "eval": 20}
+        ),
+        "space": {
+            "schedule.order": {"values": ["d_first", "g_first"]},
+            "accumulation.steps": {"values": [1, 2]},
+        },
+        "method": "grid",
+        "objective": {"metric": "eval/hq", "mode": "max"},
+        "budget": {"trials": 4, "concurrent": 2},
+        "seed": 0,
+    }
+    path: Path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(body))
+    started = time.monotonic()
+    watched = subprocess.run(
+        [sys.executable, "-m", "app.cli", "sweep", str(path), "--watch", "--server", svc.url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert watched.returncode == 0, watched.stdout + watched.stderr + svc.log.read_text()[-3000:]
+    sweep_id = watched.stdout.split()[1]
+    assert f"sweep {sweep_id} finished: 4/4 trials (4 succeeded)" in watched.stdout
+    with svc.client() as client:
+        sweep = client.get(f"/api/sweeps/{sweep_id}").json()
+    assert sweep["status"] == "finished" and sweep["counts"] == {"succeeded": 4}
+    assert len({tuple(sorted(t["params"].items())) for t in sweep["trials"]}) == 4
+    _once_each(svc, sweep, {})
+    best = max(sweep["trials"], key=lambda t: t["value"])
+    assert sweep["best"] == {
+        "job_id": best["job_id"],
+        "value": best["value"],
+        "params": best["params"],
+    }
+    assert f"best: #{best['number']}" in watched.stdout
+    assert time.monotonic() - started < 60
+
+
+def test_a_worker_killed_mid_trial_leaves_the_trial_resumed_and_run_once(svc):
+    spec = tiny_spec(steps=800, every={"metrics": 5, "samples": 0, "checkpoint": 100, "eval": 400})
+    body = {
+        "base": spec,
+        "space": {"optim.g.lr": {"values": [0.004]}},
+        "method": "grid",
+        "objective": {"metric": "eval/hq"},
+        "budget": {"trials": 1, "concurrent": 1},
+    }
+    with svc.client() as client:
+        made = client.post("/api/sweeps", json=body)
+        assert made.status_code == 201, made.text
+        sweep_id = made.json()["id"]
+        deadline = time.monotonic() + 60
+        while True:
+            trials = client.get(f"/api/sweeps/{sweep_id}").json()["trials"]
+            if trials and trials[0]["step"] >= 250:
+                break
+            assert time.monotonic() < deadline, "the trial did not get going"
+            time.sleep(0.05)
+    os.kill(_owner_pid(svc, trials[0]["job_id"]), signal.SIGKILL)
+    sweep = _wait_ended(svc, sweep_id)
+    assert sweep["status"] == "finished" and len(sweep["trials"]) == 1, sweep
+    _once_each(svc, sweep, {0: 2})  # its second attempt resumed it; no second trial
