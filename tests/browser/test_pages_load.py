@@ -12,6 +12,10 @@ def test_every_page_loads_cleanly_with_the_vendored_chart_library(page):
         assert page.locator("h1").first.is_visible()
         assert page.evaluate("typeof uPlot") == "function"
         screenshot(page, f"load{path.replace('/', '_') or '_root'}")
+    for path in ("/datasets", "/sweeps"):  # pages without charts
+        page.goto(path)
+        assert page.locator("h1").first.is_visible()
+        screenshot(page, f"load{path.replace('/', '_')}")
     licence = page.request.get("/static/vendor/uplot/LICENSE")
     assert licence.ok and "MIT" in licence.text()
 
