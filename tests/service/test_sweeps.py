@@ -18,9 +18,11 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from sqlalchemy import create_engine, select
 
-from app import sweep_study
-from tests.service.conftest import ROOT, Service, running_service, tiny_spec
+from app import queue, sweep_study
+from app.models import FINISHED, Job
+from tests.service.conftest import ROOT, Service, _wait_healthy, running_service, tiny_spec
 from tests.service.test_reliability import FAST, _owner_pid
 
 
@@ -185,3 +187,72 @@ def test_a_tpe_sweep_with_the_median_pruner_prunes_the_leaking_schedule(svc):
         t["number"]: TrialState.PRUNED if t["status"] == "pruned" else TrialState.COMPLETE
         for t in trials
     }
+
+
+def _api_pid(service: Service) -> int:
+    """The API child of the service's `ganforge up` (its supervisor restarts it)."""
+    port = service.url.rsplit(":", 1)[1]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"api" in argv and port.encode() in argv and b"app.cli" in argv:
+            return int(entry.name)
+    raise AssertionError(f"no API process on port {port}")
+
+
+def test_duplicate_messages_and_an_api_killed_mid_sweep_run_each_trial_once(svc):
+    """Every trial's message sent twice more (a redelivery), and the API killed with -9 and
+    restarted by its supervisor while the sweep runs: each trial still runs exactly once
+    (attempt 1, every metric step once) and the study agrees with the jobs."""
+    from app.settings import Settings
+
+    settings = Settings(
+        database_url=svc.env["GANFORGE_DATABASE_URL"],
+        broker_url=svc.env["GANFORGE_BROKER_URL"],
+        queue_prefix=svc.env["GANFORGE_QUEUE_PREFIX"],
+    )
+    spec = tiny_spec(steps=300, every={"metrics": 5, "samples": 0, "checkpoint": 100, "eval": 100})
+    body = {
+        "base": spec,
+        "space": {"optim.g.lr": {"values": [0.001, 0.002, 0.004, 0.008]}},
+        "method": "grid",
+        "objective": {"metric": "eval/hq", "mode": "max"},
+        "budget": {"trials": 4, "concurrent": 2},
+        "seed": 0,
+    }
+    with svc.client() as client:
+        made = client.post("/api/sweeps", json=body)
+        assert made.status_code == 201, made.text
+    sweep_id = made.json()["id"]
+    engine = create_engine(settings.database_url)
+    sent: set[str] = set()
+    killed = False
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    select(Job.id, Job.gpus, Job.status).where(Job.sweep_id == sweep_id)
+                ).all()
+            for job_id, gpus, _status in rows:
+                if job_id not in sent:
+                    for _ in range(2):
+                        queue.send(settings, job_id, queue.queue_name(settings, gpus))
+                    sent.add(job_id)
+            if not killed and any(status == "running" for *_, status in rows):
+                os.kill(_api_pid(svc), signal.SIGKILL)
+                killed = True
+            if len(rows) == 4 and all(status in FINISHED for *_, status in rows):
+                break
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+    assert killed and len(sent) == 4
+    _wait_healthy(svc)  # the supervisor restarted the API
+    sweep = _wait_ended(svc, sweep_id)
+    assert sweep["status"] == "finished" and sweep["counts"] == {"succeeded": 4}, sweep
+    _once_each(svc, sweep, {})
