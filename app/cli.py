@@ -317,6 +317,9 @@ def submit(
     watch: bool = typer.Option(False, help="follow the job with a progress bar until it ends"),
     name: str | None = typer.Option(None, help="job name (default: the spec's name)"),
     tag: Annotated[list[str] | None, typer.Option(help="a tag for the job (repeatable)")] = None,
+    priority: int = typer.Option(
+        0, min=-100, max=100, help="free workers take the highest priority first"
+    ),
     api_token: Token = None,
 ) -> None:
     """Submit a job to a running service (`ganforge up` or `ganforge api`)."""
@@ -339,7 +342,7 @@ def submit(
     try:
         headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
         with httpx2.Client(base_url=server, timeout=30, headers=headers) as client:
-            job = send(client, raw or {}, name=name, tags=tag or [])
+            job = send(client, raw or {}, name=name, tags=tag or [], priority=priority)
             typer.echo(f"job {job['id']} queued: {server}/api/jobs/{job['id']}")
             for warning in job.get("warnings", []):
                 typer.echo(f"warning: {warning}", err=True)

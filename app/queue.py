@@ -1,6 +1,7 @@
 """The job queue: a Celery app configured from settings, used by the API (to enqueue a job id
-by task name) and by the worker (to run it). The broker only carries job ids; the database
-is the source of truth for job state.
+by task name) and by the worker (to run it). The broker only carries job ids, and a message
+only wakes a worker of its queue: the database, the source of truth for job state, picks the
+job it runs (the first queued job of that queue by priority: worker.claim).
 
 Queues, by the GPUs a job must hold (`TrainSpec.gpus`): `cpu` for none (`device: auto`
 included), `gpu` for one, `gpu2`, `gpu3`, ... for more. A worker with N devices consumes `gpu`
@@ -107,8 +108,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport_options = {
             "visibility_timeout": timeout,
             # Look for overdue unacknowledged messages every few seconds (kombu's default
-            # sweep is about every 100 s). A redelivered job id is harmless: the lease in the
-            # database, not the broker, decides who runs a job.
+            # sweep is about every 100 s). A redelivered message is harmless: the database,
+            # not the broker, decides who runs which job.
             "unacked_restore_interval": max(1, min(10, timeout // 2)),
             "unacked_restore_throttle": 1,
         }
@@ -119,7 +120,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "result_backend": None,
         # A job is acknowledged when it finishes, so a worker that dies loses no job; the
-        # database claim (app.jobs.claim) makes a redelivery of a finished job a no-op.
+        # database claim (app.jobs.claim) makes a redelivery at most wake a worker for the
+        # next queued job.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,

@@ -26,9 +26,14 @@ class SubmitError(Exception):
 
 
 def submit(
-    client: httpx2.Client, raw_spec: dict[str, Any], *, name: str | None, tags: list[str]
+    client: httpx2.Client,
+    raw_spec: dict[str, Any],
+    *,
+    name: str | None,
+    tags: list[str],
+    priority: int = 0,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"spec": raw_spec, "tags": tags}
+    body: dict[str, Any] = {"spec": raw_spec, "tags": tags, "priority": priority}
     if name:
         body["name"] = name
     answer = client.post("/api/jobs", json=body)

@@ -107,7 +107,7 @@ def run_job(
     shutting_down = shutting_down or threading.Event()
     claim = claim_when_free(engine, message, owner, lease, node, shutting_down)
     if claim is Missed.NOT_QUEUED:
-        log.info("message for job %s: no job of its queue is queued; nothing to do", message)
+        log.info("job %s is not queued; nothing to do (nor is any job of its queue)", message)
         return claim
     if isinstance(claim, Missed):
         log.info("message for job %s: the GPUs its queue needs are held; for later", message)
