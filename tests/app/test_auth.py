@@ -98,14 +98,27 @@ def call(client: TestClient, method: str, url: str, headers: dict[str, str] | No
 
 @pytest.fixture
 def world(client: TestClient, run: Run) -> dict[str, str]:
-    """One of everything a path can name: a job with samples and checkpoints, a dataset."""
+    """One of everything a path can name: a job with samples and checkpoints, a dataset, a
+    sweep (its trials stay queued: no worker runs here)."""
     job = make_job(client, run)
     sample = client.get(f"/api/jobs/{job}/samples").json()["items"][0]["id"]
     buffer = io.BytesIO()
     np.save(buffer, np.zeros((8, 2), dtype=np.float32))
     dataset = client.post("/api/datasets", files={"file": ("d.npy", buffer.getvalue())})
     assert dataset.status_code == 201, dataset.text
+    sweep = client.post(
+        "/api/sweeps",
+        json={
+            "base": {"steps": 10},
+            "space": {"optim.g.lr": {"values": [0.001, 0.002]}},
+            "method": "grid",
+            "objective": {"metric": "eval/hq"},
+            "budget": {"trials": 2, "concurrent": 1},
+        },
+    )
+    assert sweep.status_code == 201, sweep.text
     return {
+        "sweep_id": sweep.json()["id"],
         "job_id": job,
         "sample_id": str(sample),
         "step": "2",
@@ -139,6 +152,8 @@ def test_every_write_and_download_is_refused_without_a_good_token(
         assert answer.status_code != 401, (method, path)
 
     job_before = client.get(f"/api/jobs/{world['job_id']}").json()
+    jobs_before = client.get("/api/jobs").json()["items"]  # the job and the sweep's trial
+    sweep_before = client.get(f"/api/sweeps/{world['sweep_id']}").json()
     good = new_token(client, "alice")
     old = new_token(client, "old-laptop")
     revoke(client, "old-laptop")
@@ -161,7 +176,9 @@ def test_every_write_and_download_is_refused_without_a_good_token(
                 assert answer.status_code != 401, (why, method, path, answer.text)
     # Nothing was changed by the refused requests.
     assert client.get(f"/api/jobs/{world['job_id']}").json() == job_before
-    assert client.get("/api/jobs").json()["items"] == [job_before]
+    assert job_before in jobs_before
+    assert client.get("/api/jobs").json()["items"] == jobs_before
+    assert client.get(f"/api/sweeps/{world['sweep_id']}").json() == sweep_before
     assert client.get(f"/api/datasets/{world['dataset_id']}").status_code == 200
     # And the good token gets past the guard everywhere (deletes last: they remove things).
     for method, path, need in sorted(ops, key=lambda op: op[0] == "delete"):

@@ -42,11 +42,20 @@ UNLISTED_GETS = (
 )
 # A job that stays queued on this service: its worker has no GPU queue.
 QUEUED_SPEC = tiny_spec(device="cuda", resources={"gpus": 1})
+# A sweep whose trials stay queued for the same reason.
+QUEUED_SWEEP = {
+    "base": QUEUED_SPEC,
+    "space": {"optim.g.lr": {"values": [0.001, 0.002]}},
+    "method": "grid",
+    "objective": {"metric": "eval/hq"},
+    "budget": {"trials": 2, "concurrent": 1},
+}
 
 
 @dataclass
 class Seeded:
-    """A service with a finished job (samples, checkpoints), a queued one and a dataset."""
+    """A service with a finished job (samples, checkpoints), a queued one, a dataset and a
+    sweep whose trial stays queued."""
 
     service: Service
     done: str
@@ -54,6 +63,7 @@ class Seeded:
     dataset: str
     sample: str
     step: int
+    sweep: str
 
     @property
     def host(self) -> str:
@@ -78,7 +88,8 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
             service.wait_for(done, ("succeeded",))
             sample = client.get(f"/api/jobs/{done}/samples").json()["items"][0]["id"]
             step = client.get(f"/api/jobs/{done}/checkpoints").json()["items"][-1]["step"]
-        yield Seeded(service, done, queued, dataset, str(sample), int(step))
+            sweep = client.post("/api/sweeps", json=QUEUED_SWEEP).json()["id"]
+        yield Seeded(service, done, queued, dataset, str(sample), int(step), sweep)
 
 
 def requests_for(s: Seeded) -> dict[tuple[str, str], dict[str, Any]]:
@@ -111,6 +122,8 @@ def requests_for(s: Seeded) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/api/specs/defaults"): {"expect": 200},
         ("GET", "/api/presets"): {"expect": 200},
         ("GET", "/api/auth"): {"expect": 200},
+        ("GET", "/api/sweeps"): {"expect": 200},
+        ("GET", "/api/sweeps/{sweep_id}"): {"url": f"/api/sweeps/{s.sweep}", "expect": 200},
         ("POST", "/api/specs/validate"): {"json": {"spec": {"steps": 10}}, "expect": 200},
         ("POST", "/api/jobs"): {"json": {"spec": QUEUED_SPEC, "tags": ["x"]}, "expect": 201},
         ("POST", "/api/jobs/{job_id}/generate"): {
@@ -119,6 +132,11 @@ def requests_for(s: Seeded) -> dict[tuple[str, str], dict[str, Any]]:
             "expect": 200,
         },
         ("POST", "/api/datasets"): {"files": {"file": ("more.npy", _npy())}, "expect": 201},
+        ("POST", "/api/sweeps"): {"json": QUEUED_SWEEP, "expect": 201},
+        ("POST", "/api/sweeps/{sweep_id}/cancel"): {
+            "url": f"/api/sweeps/{s.sweep}/cancel",
+            "expect": 200,
+        },
         ("PATCH", "/api/jobs/{job_id}"): {
             "url": f"/api/jobs/{s.queued}",
             "json": {"priority": 5},
@@ -136,6 +154,7 @@ def requests_for(s: Seeded) -> dict[tuple[str, str], dict[str, Any]]:
             "url": f"/api/datasets/{s.dataset}",
             "expect": 204,
         },
+        ("DELETE", "/api/sweeps/{sweep_id}"): {"url": f"/api/sweeps/{s.sweep}", "expect": 204},
         ("DELETE", "/api/jobs/{job_id}"): {"url": job, "expect": 204},
     }
 
@@ -163,6 +182,7 @@ def state(s: Seeded) -> dict[str, Any]:
     with s.service.client() as client:
         jobs = client.get("/api/jobs", params={"limit": 500}).json()["items"]
         datasets = client.get("/api/datasets").json()
+        sweeps = client.get("/api/sweeps").json()["items"]
     root = s.service.workdir / "artifacts"
     files = sorted(
         (str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file()
@@ -170,6 +190,7 @@ def state(s: Seeded) -> dict[str, Any]:
     return {
         "jobs": sorted((j["id"], j["status"], tuple(j["tags"]), j["priority"]) for j in jobs),
         "datasets": datasets,
+        "sweeps": sorted((w["id"], w["status"]) for w in sweeps),
         "files": files,
     }
 
