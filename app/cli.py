@@ -326,7 +326,7 @@ def submit(
     import httpx2
     import yaml
 
-    from app.submit import SubmitError
+    from app.cli_options import ClientError, client
     from app.submit import submit as send
     from app.submit import watch as follow
     from trainer.spec import SpecError, load_spec
@@ -340,15 +340,14 @@ def submit(
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from None
     try:
-        headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
-        with httpx2.Client(base_url=server, timeout=30, headers=headers) as client:
-            job = send(client, raw or {}, name=name, tags=tag or [], priority=priority)
+        with client(server, api_token) as api:
+            job = send(api, raw or {}, name=name, tags=tag or [], priority=priority)
             typer.echo(f"job {job['id']} queued: {server}/api/jobs/{job['id']}")
             for warning in job.get("warnings", []):
                 typer.echo(f"warning: {warning}", err=True)
             if watch:
-                raise typer.Exit(follow(client, job, typer.echo))
-    except SubmitError as exc:
+                raise typer.Exit(follow(api, job, typer.echo))
+    except ClientError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.code) from None
     except httpx2.HTTPError as exc:

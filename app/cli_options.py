@@ -1,10 +1,14 @@
-"""Options the commands that talk to a running service share (`submit`, `dataset upload`)."""
+"""What the commands that talk to a running service share (`submit`, `sweep`, `dataset
+upload`): the --server and --token options, the client, and reading the API's answers."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    import httpx2
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -17,3 +21,43 @@ Token = Annotated[
         help="API token (`ganforge token create`), when the server needs one",
     ),
 ]
+
+
+class ClientError(Exception):
+    """A command's failure with its exit status: 2 the input is invalid (the server's
+    message names the field), 1 any other refusal."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def client(server: str, token: str | None, **kwargs: Any) -> httpx2.Client:
+    """An API client, with the token as a bearer when given."""
+    import httpx2
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx2.Client(base_url=server, timeout=30, headers=headers, **kwargs)
+
+
+def details(answer: httpx2.Response) -> list[str]:
+    """The messages of an error answer: one per `detail[]` entry, or its text."""
+    try:
+        detail = answer.json().get("detail")
+    except ValueError:
+        return [answer.text[:200]]
+    if isinstance(detail, list):
+        return [str(d.get("message", d)) if isinstance(d, dict) else str(d) for d in detail]
+    return [str(detail)]
+
+
+def created(answer: httpx2.Response, invalid: tuple[int, ...] = (422,)) -> dict[str, Any]:
+    """The body of a 201; ClientError otherwise: exit 2 with the field messages for the
+    statuses in `invalid`, exit 1 with the status for any other."""
+    if answer.status_code == 201:
+        made: dict[str, Any] = answer.json()
+        return made
+    lines = details(answer)
+    if answer.status_code in invalid:
+        raise ClientError("\n".join(lines), 2)
+    raise ClientError(f"server: {answer.status_code} {' '.join(lines)}", 1)

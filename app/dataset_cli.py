@@ -41,20 +41,20 @@ def upload(
     import httpx2
     from tqdm import tqdm
 
-    from app.dataset_upload import UploadError, report, source_for
+    from app.cli_options import ClientError, client
+    from app.dataset_upload import report, source_for
     from app.dataset_upload import upload as send
 
     given = {"resolution": resolution, "channels": channels, "crop": crop}
     fields = {name: str(value) for name, value in given.items() if value is not None}
     try:
         source = source_for(path, fields)
-        headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
         with (
-            httpx2.Client(base_url=server, timeout=30, headers=headers) as client,
+            client(server, api_token) as api,
             tqdm(total=source.size, unit="B", unit_scale=True, unit_divisor=1024) as bar,
         ):
-            made = send(client, source, fields, bar.update)
-    except UploadError as exc:
+            made = send(api, source, fields, bar.update)
+    except ClientError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.code) from None
     except httpx2.HTTPError as exc:

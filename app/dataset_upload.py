@@ -20,6 +20,7 @@ from typing import IO, Any
 
 import httpx2
 
+from app.cli_options import ClientError, created
 from app.image_form import (
     FormFieldError,
     NotAnUpload,
@@ -33,12 +34,6 @@ from app.tarstream import FolderTar
 Progress = Callable[[int], None]
 READ_BYTES = 1024 * 1024
 SHOWN_SKIPPED = 20
-
-
-class UploadError(Exception):
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
 
 
 class _ChunkReader(io.RawIOBase):
@@ -117,22 +112,22 @@ class Source:
 
 
 def source_for(path: Path, fields: dict[str, str]) -> Source:
-    """The source for PATH, its kind and the fields checked; UploadError (2) naming what is
+    """The source for PATH, its kind and the fields checked; ClientError (2) naming what is
     wrong."""
     try:
         options = parse_options(fields)
         if path.is_dir():
             tar = FolderTar(path)
             if not tar.entries:
-                raise UploadError(f"{path}: no files in the folder", 2)
+                raise ClientError(f"{path}: no files in the folder", 2)
             check_options_fit("images", options)
             return Source(path, "images", f"{path.resolve().name or 'folder'}.tar", tar.size, tar)
         kind = upload_kind(path)
         check_options_fit(kind, options)
     except (NotAnUpload, OSError) as exc:
-        raise UploadError(f"{path}: {exc}", 2) from None
+        raise ClientError(f"{path}: {exc}", 2) from None
     except FormFieldError as exc:  # "resolution: needed for ..."
-        raise UploadError(str(exc), 2) from None
+        raise ClientError(str(exc), 2) from None
     return Source(path, kind, path.name, path.stat().st_size)
 
 
@@ -147,23 +142,7 @@ def upload(
             data=fields,
             timeout=httpx2.Timeout(30.0, read=None),  # decoding many images takes a while
         )
-    if answer.status_code == 201:
-        made: dict[str, Any] = answer.json()
-        return made
-    lines = _details(answer)
-    if answer.status_code in (413, 422):
-        raise UploadError("\n".join(lines), 2)
-    raise UploadError(f"server: {answer.status_code} {' '.join(lines)}", 1)
-
-
-def _details(answer: httpx2.Response) -> list[str]:
-    try:
-        detail = answer.json().get("detail")
-    except ValueError:
-        return [answer.text[:200]]
-    if isinstance(detail, list):
-        return [str(d.get("message", d)) if isinstance(d, dict) else str(d) for d in detail]
-    return [str(detail)]
+    return created(answer, invalid=(413, 422))
 
 
 def report(made: dict[str, Any], server: str) -> list[str]:

@@ -14,15 +14,10 @@ from typing import Any
 
 import httpx2
 
+from app.cli_options import ClientError, created
 from app.models import JobStatus
 
 SHOWN = ("loss/d", "loss/g", "audit/leak_d", "audit/leak_g", "eval/modes", "eval/hq")
-
-
-class SubmitError(Exception):
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
 
 
 def submit(
@@ -36,29 +31,14 @@ def submit(
     body: dict[str, Any] = {"spec": raw_spec, "tags": tags, "priority": priority}
     if name:
         body["name"] = name
-    answer = client.post("/api/jobs", json=body)
-    if answer.status_code == 422:
-        detail = answer.json().get("detail")
-        lines = [d.get("message", str(d)) for d in detail] if isinstance(detail, list) else [detail]
-        raise SubmitError("\n".join(str(line) for line in lines), 2)
-    if answer.status_code != 201:
-        raise SubmitError(f"server: {answer.status_code} {_detail(answer)}", 1)
-    job: dict[str, Any] = answer.json()
-    return job
-
-
-def _detail(answer: httpx2.Response) -> str:
-    try:
-        return str(answer.json().get("detail"))
-    except ValueError:
-        return answer.text[:200]
+    return created(client.post("/api/jobs", json=body))
 
 
 def events(client: httpx2.Client, job_id: str) -> Iterator[tuple[str, Any]]:
     """(event, data) pairs of the job's Server-Sent Events stream, until it ends."""
     with client.stream("GET", f"/api/jobs/{job_id}/events", timeout=None) as answer:
         if answer.status_code != 200:
-            raise SubmitError(f"server: {answer.status_code} on the event stream", 1)
+            raise ClientError(f"server: {answer.status_code} on the event stream", 1)
         event, data = "message", list[str]()
         for line in answer.iter_lines():
             if line == "":

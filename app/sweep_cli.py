@@ -17,45 +17,31 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli_options import DEFAULT_SERVER, Server, Token
+from app.cli_options import DEFAULT_SERVER, ClientError, Server, Token, client, created
 
 Echo = Callable[[str], Any]
 COLUMNS = ("#", "status", "step", "value", "params")
 
 
-class SweepError(Exception):
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
-
-
 def read_body(path: Path) -> dict[str, Any]:
-    """The sweep file as a request body; SweepError (exit 2) when it is not a mapping."""
+    """The sweep file as a request body; ClientError (exit 2) when it is not a mapping."""
     import yaml
 
     try:
         text = path.read_text()
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except OSError as exc:
-        raise SweepError(f"sweep: cannot read {path}: {exc.strerror}", 2) from None
+        raise ClientError(f"sweep: cannot read {path}: {exc.strerror}", 2) from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0]
-        raise SweepError(f"sweep: {path} is not valid YAML/JSON: {first}", 2) from None
+        raise ClientError(f"sweep: {path} is not valid YAML/JSON: {first}", 2) from None
     if not isinstance(raw, dict):
-        raise SweepError(f"sweep: {path} must hold a mapping (name, base, space, ...)", 2)
+        raise ClientError(f"sweep: {path} must hold a mapping (name, base, space, ...)", 2)
     return raw
 
 
-def submit(client: Any, body: dict[str, Any]) -> dict[str, Any]:
-    answer = client.post("/api/sweeps", json=body)
-    if answer.status_code == 422:
-        detail = answer.json().get("detail")
-        lines = [d.get("message", str(d)) for d in detail] if isinstance(detail, list) else [detail]
-        raise SweepError("\n".join(str(line) for line in lines), 2)
-    if answer.status_code != 201:
-        raise SweepError(f"server: {answer.status_code} {answer.text[:200]}", 1)
-    sweep: dict[str, Any] = answer.json()
-    return sweep
+def submit(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+    return created(api.post("/api/sweeps", json=body))
 
 
 def table(sweep: dict[str, Any]) -> str:
@@ -103,7 +89,7 @@ def watch(client: Any, sweep_id: str, echo: Echo, *, every: float = 1.0) -> int:
     while True:
         answer = client.get(f"/api/sweeps/{sweep_id}")
         if answer.status_code != 200:
-            raise SweepError(f"server: {answer.status_code} for sweep {sweep_id}", 1)
+            raise ClientError(f"server: {answer.status_code} for sweep {sweep_id}", 1)
         sweep = answer.json()
         text = table(sweep)
         if text != shown:
@@ -129,13 +115,12 @@ def sweep(
 
     try:
         body = read_body(path)
-        headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
-        with httpx2.Client(base_url=server, timeout=30, headers=headers) as client:
-            made = submit(client, body)
+        with client(server, api_token) as api:
+            made = submit(api, body)
             typer.echo(f"sweep {made['id']} running: {server}/api/sweeps/{made['id']}")
             if watch_it:
-                raise typer.Exit(watch(client, made["id"], typer.echo))
-    except SweepError as exc:
+                raise typer.Exit(watch(api, made["id"], typer.echo))
+    except ClientError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.code) from None
     except httpx2.HTTPError as exc:
