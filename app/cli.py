@@ -323,10 +323,9 @@ def submit(
     api_token: Token = None,
 ) -> None:
     """Submit a job to a running service (`ganforge up` or `ganforge api`)."""
-    import httpx2
     import yaml
 
-    from app.cli_options import ClientError, client
+    from app.cli_options import client, exits_on_failure
     from app.submit import submit as send
     from app.submit import watch as follow
     from trainer.spec import SpecError, load_spec
@@ -339,23 +338,13 @@ def submit(
         for line in exc.problems:
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from None
-    try:
-        with client(server, api_token) as api:
-            job = send(api, raw or {}, name=name, tags=tag or [], priority=priority)
-            typer.echo(f"job {job['id']} queued: {server}/api/jobs/{job['id']}")
-            for warning in job.get("warnings", []):
-                typer.echo(f"warning: {warning}", err=True)
-            if watch:
-                raise typer.Exit(follow(api, job, typer.echo))
-    except ClientError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.code) from None
-    except httpx2.HTTPError as exc:
-        typer.echo(f"error: server: cannot reach {server}: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted; the job goes on on the server", err=True)
-        raise typer.Exit(130) from None
+    with exits_on_failure(server, "the job"), client(server, api_token) as api:
+        job = send(api, raw or {}, name=name, tags=tag or [], priority=priority)
+        typer.echo(f"job {job['id']} queued: {server}/api/jobs/{job['id']}")
+        for warning in job.get("warnings", []):
+            typer.echo(f"warning: {warning}", err=True)
+        if watch:
+            raise typer.Exit(follow(api, job, typer.echo))
 
 
 def _redacted(url: str) -> str:

@@ -3,6 +3,8 @@ upload`): the --server and --token options, the client, and reading the API's an
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -61,3 +63,23 @@ def created(answer: httpx2.Response, invalid: tuple[int, ...] = (422,)) -> dict[
     if answer.status_code in invalid:
         raise ClientError("\n".join(lines), 2)
     raise ClientError(f"server: {answer.status_code} {' '.join(lines)}", 1)
+
+
+@contextmanager
+def exits_on_failure(server: str, going_on: str) -> Iterator[None]:
+    """Turn what a command talking to the service can meet into its message and exit
+    status: a ClientError (its code), an unreachable server (1), Ctrl-C (130, saying that
+    `going_on` continues on the server)."""
+    import httpx2
+
+    try:
+        yield
+    except ClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.code) from None
+    except httpx2.HTTPError as exc:
+        typer.echo(f"error: server: cannot reach {server}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted; {going_on} goes on on the server", err=True)
+        raise typer.Exit(130) from None

@@ -17,7 +17,15 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli_options import DEFAULT_SERVER, ClientError, Server, Token, client, created
+from app.cli_options import (
+    DEFAULT_SERVER,
+    ClientError,
+    Server,
+    Token,
+    client,
+    created,
+    exits_on_failure,
+)
 
 Echo = Callable[[str], Any]
 COLUMNS = ("#", "status", "step", "value", "params")
@@ -111,21 +119,10 @@ def sweep(
     api_token: Token = None,
 ) -> None:
     """Submit a sweep (a search over specs: README, Sweeps) to a running service."""
-    import httpx2
-
-    try:
+    with exits_on_failure(server, "the sweep"):
         body = read_body(path)
         with client(server, api_token) as api:
             made = submit(api, body)
             typer.echo(f"sweep {made['id']} running: {server}/api/sweeps/{made['id']}")
             if watch_it:
                 raise typer.Exit(watch(api, made["id"], typer.echo))
-    except ClientError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.code) from None
-    except httpx2.HTTPError as exc:
-        typer.echo(f"error: server: cannot reach {server}: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted; the sweep goes on on the server", err=True)
-        raise typer.Exit(130) from None
