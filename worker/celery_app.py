@@ -19,9 +19,10 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy import Engine, select, update
 
+from app import jobs
 from app.db import is_transient, make_engine
-from app.models import Job, JobStatus, utcnow
-from app.queue import RUN_JOB, make_celery, send, stored_queue
+from app.models import Job, utcnow
+from app.queue import RUN_JOB, make_celery, queue_name, send
 from app.reconcile import reconcile
 from app.settings import get_settings
 from app.store import ArtifactStore
@@ -119,10 +120,11 @@ def _resources() -> tuple[Engine, ArtifactStore]:
 def run_job(job_id: str) -> RunResult:
     engine, store = _resources()
     if shutting_down.is_set():
-        # This worker is on its way out: leave the job untouched for another worker.
+        # This worker is on its way out: leave the queue untouched for another worker.
         _send_again(engine, job_id)
         return Missed.DEFERRED
     lease = timedelta(seconds=get_settings().lease_seconds)
+    ran: list[str] = []  # the job the message woke this worker for (worker.claim picks it)
     status = run_job_now(
         job_id,
         engine=engine,
@@ -130,25 +132,32 @@ def run_job(job_id: str) -> RunResult:
         shutting_down=shutting_down,
         lease=lease,
         node=node(),
+        claimed=ran.append,
     )
     if status in (Stopped.REQUEUED, Missed.BUSY):
         # Back on the queue for another worker (or this one, restarted or with its GPUs free
         # again) to continue from the checkpoint just written, or to start.
-        _send_again(engine, job_id)
-    elif not shutting_down.is_set():
+        _send_again(engine, ran[0] if ran else job_id)
+    elif ran and not shutting_down.is_set():
         with engine.connect() as conn:
-            sweep_id = conn.scalar(select(Job.sweep_id).where(Job.id == job_id))
+            sweep_id = conn.scalar(select(Job.sweep_id).where(Job.id == ran[0]))
         if sweep_id is not None:
             _control_sweeps(engine, [sweep_id])
     return status
 
 
 def _send_again(engine: Engine, job_id: str) -> None:
+    """Put a message back on the queue of job `job_id` while a job of that queue is queued
+    (a message only wakes a worker: it need not carry the job it leaves queued). It carries
+    the queue's first job, marked sent now so the reconciler does not count it missing."""
     with engine.begin() as conn:
-        spec = conn.scalar(select(Job.spec).where(Job.id == job_id, Job.status == JobStatus.QUEUED))
-        if spec is None:
-            return  # taken, cancelled or deleted meanwhile
-        # Sent now: the reconciler does not count it missing.
-        conn.execute(update(Job).where(Job.id == job_id).values(queued_at=utcnow()))
-    settings = get_settings()
-    send(settings, job_id, stored_queue(settings, spec))
+        gpus = conn.scalar(select(Job.gpus).where(Job.id == job_id))
+        if gpus is None:
+            return  # deleted meanwhile
+        first = next(iter(jobs.next_queued(conn, [gpus], limit=1)), None)
+        if first is None:
+            return  # nothing of its queue is queued any more
+        conn.execute(update(Job).where(Job.id == first).values(queued_at=utcnow()))
+        settings = get_settings()
+        name = queue_name(settings, gpus)
+    send(settings, first, name)

@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import Engine
@@ -94,6 +95,7 @@ def run_job(
     shutting_down: threading.Event | None = None,
     lease: timedelta = jobs.LEASE,
     node: Node | None = None,
+    claimed: Callable[[str], object] | None = None,
 ) -> RunResult:
     """Woken by a message carrying job id `message`: claim the first queued job of its queue
     (highest priority, then first submitted: worker.claim), whichever job that is, and run it
@@ -102,7 +104,7 @@ def run_job(
     another worker, or `busy` when the GPUs the queue's jobs need stayed held by other jobs for
     `node.wait_seconds` (they stay queued: the caller sends the message again). A job needing
     more GPUs than `node` serves is claimed and failed, saying so. Without a `node`, GPUs are
-    not managed."""
+    not managed. `claimed` is called with the id of the job claimed, when one is."""
     owner = owner or worker_id()
     shutting_down = shutting_down or threading.Event()
     claim = claim_when_free(engine, message, owner, lease, node, shutting_down)
@@ -113,6 +115,8 @@ def run_job(
         log.info("message for job %s: the GPUs its queue needs are held; for later", message)
         return claim
     job_id = claim.job_id
+    if claimed is not None:
+        claimed(job_id)
     where = f" on devices {','.join(claim.devices)}" if isinstance(claim, Claim) else ""
     log.info("job %s claimed by %s%s (message for job %s)", job_id, owner, where, message)
     if isinstance(claim, Unfit):
