@@ -98,10 +98,6 @@ def _pruner_config(body: SweepCreate) -> dict[str, Any]:
     return config
 
 
-def sweep_or_none(session: Session, sweep_id: str) -> Sweep | None:
-    return session.get(Sweep, sweep_id)
-
-
 def list_sweeps(session: Session, limit: int) -> list[SweepOut]:
     rows = session.scalars(select(Sweep).order_by(Sweep.created_at.desc(), Sweep.id).limit(limit))
     return [view(session, sweep) for sweep in rows]

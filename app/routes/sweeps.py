@@ -22,7 +22,7 @@ router = APIRouter(prefix="/api", tags=["sweeps"])
 
 
 def _sweep_or_404(session: SessionDep, sweep_id: str) -> Sweep:
-    sweep = sweeps.sweep_or_none(session, sweep_id)
+    sweep = session.get(Sweep, sweep_id)
     if sweep is None:
         raise HTTPException(404, f"sweep {sweep_id} not found")
     return sweep
