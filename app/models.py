@@ -10,17 +10,20 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -218,6 +221,8 @@ class Sample(_JobArtifact, Base):
     __tablename__ = "sample"
     __table_args__ = (UniqueConstraint("job_id", "step"),)
 
+    size: Mapped[int | None] = mapped_column(BigInteger)  # None: stored before 0007
+
 
 class Checkpoint(_JobArtifact, Base):
     __tablename__ = "checkpoint"
@@ -225,6 +230,43 @@ class Checkpoint(_JobArtifact, Base):
 
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
+    # Kept whatever the job's retention policy says (POST .../checkpoints/{step}/pin).
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class ArtifactFile(Base):
+    """A file of the `db` artifact store (app/store_db.py): its path and the blob holding
+    its bytes. A write puts a new blob's chunks and repoints the row in one transaction, so
+    readers see the old file or the new one."""
+
+    __tablename__ = "artifact_file"
+
+    path: Mapped[str] = mapped_column(String(500), primary_key=True)
+    blob: Mapped[str] = mapped_column(String(32), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ArtifactChunk(Base):
+    """One chunk (at most app.store_db.CHUNK bytes) of a blob."""
+
+    __tablename__ = "artifact_chunk"
+
+    blob: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ArtifactTrash(Base):
+    """Files whose rows are gone, to delete from the store once `delete_after` has passed
+    (app/retention.py): a reader that began before the row went away finishes first, and a
+    crash between the row and the file leaves only this note, which the next pass completes."""
+
+    __tablename__ = "artifact_trash"
+
+    path: Mapped[str] = mapped_column(String(500), primary_key=True)
+    delete_after: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class Dataset(Base):

@@ -18,6 +18,18 @@ class Settings(BaseSettings):
     # None: kombu's SQLAlchemy transport on a SQLite file under ./var.
     broker_url: str | None = None
     artifact_dir: Path = Path("./var/artifacts")
+    # Where samples, checkpoints and datasets live (app/store.py): file:///path, s3://bucket/
+    # prefix or db. Unset: the folder GANFORGE_ARTIFACT_DIR.
+    artifact_url: str | None = None
+    # S3-compatible services other than AWS (MinIO, Ceph, R2); credentials and region come
+    # from the usual AWS settings (AWS_ACCESS_KEY_ID, AWS_PROFILE, AWS_DEFAULT_REGION, ...).
+    s3_endpoint_url: str | None = None
+    # Local copies of a remote store's datasets (the trainer memory-maps them), and uploads on
+    # their way in. GANFORGE_CACHE_DIR also holds the digits classifier (trainer.evaluation).
+    cache_dir: Path = Path("./var/cache")
+    # Retention defaults for jobs whose spec has no `retention` (0: keep every checkpoint).
+    keep_last: Annotated[int, Field(ge=0)] = 0
+    keep_best: Annotated[int, Field(ge=0)] = 0
     # A worker's claim on a job lasts this long unless its heartbeat (every 0.5 s) extends it;
     # the reconciler requeues a job whose lease ran out (its worker died).
     lease_seconds: Annotated[float, Field(gt=0)] = 60.0
@@ -62,6 +74,15 @@ class Settings(BaseSettings):
 
         parse_env_tokens(value)  # a ValueError names the entry
         return value
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _artifact_url_parse(cls, value: str | None) -> str | None:
+        from app.store import check_url
+
+        if value is not None:
+            check_url(value)  # a StoreError (ValueError) names the setting and the reason
+        return value or None
 
     @field_validator("allowed_hosts")
     @classmethod

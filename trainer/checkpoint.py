@@ -149,7 +149,7 @@ def read_checkpoint(path: str | Path, *, expected_sha256: str | None = None) -> 
     tensors_path = path.with_suffix(".safetensors")
     sidecar_path = path.with_suffix(".json")
     try:
-        meta = json.loads(sidecar_path.read_text())
+        meta_bytes = sidecar_path.read_bytes()
         data = tensors_path.read_bytes()
     except FileNotFoundError as exc:
         hint = ""
@@ -159,18 +159,31 @@ def read_checkpoint(path: str | Path, *, expected_sha256: str | None = None) -> 
                 "(the service serves it at /api/jobs/ID/checkpoints/STEP?part=sidecar)"
             )
         raise CheckpointError(f"checkpoint: {exc.filename} does not exist{hint}") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except OSError as exc:
         raise CheckpointError(f"checkpoint: cannot read {path}: {exc}") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint: {sidecar_path.name} is not a {FORMAT} sidecar")
+    return parse_checkpoint(data, meta_bytes, name=tensors_path.name, expected_sha256=expected_sha256)
+
+
+def parse_checkpoint(
+    data: bytes, sidecar: bytes, *, name: str, expected_sha256: str | None = None
+) -> Checkpoint:
+    """A checkpoint from its tensor bytes and sidecar JSON (`name`: the tensor file's, for
+    errors), after checking the SHA-256 against the sidecar's and the caller's."""
+    sidecar_name = name.removesuffix(".safetensors") + ".json"
+    try:
+        meta = json.loads(sidecar)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint: cannot read {sidecar_name}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint: {sidecar_name} is not a {FORMAT} sidecar")
     digest = hashlib.sha256(data).hexdigest()
     for source, want in (("sidecar", meta.get("sha256")), ("caller", expected_sha256)):
         if want is not None and want != digest:
             raise CheckpointError(
-                f"checkpoint: {tensors_path.name} has SHA-256 {digest[:12]}..., "
+                f"checkpoint: {name} has SHA-256 {digest[:12]}..., "
                 f"the {source} expects {str(want)[:12]}...; refusing to load it"
             )
-    _check_safetensors_header(data, tensors_path.name)
+    _check_safetensors_header(data, name)
     return Checkpoint(step=int(meta["step"]), data=data, meta=meta, sha256=digest)
 
 
