@@ -27,7 +27,7 @@ from app.routes import auth as auth_routes
 from app.routes import sweeps as sweep_routes
 from app.routes.dataset_preview import router as dataset_preview_router
 from app.settings import Settings, get_settings
-from app.store import ArtifactStore
+from app.stores import make_store
 from app.tokens import parse_env_tokens, tokens_exist
 from trainer.errors import first_line
 from trainer.spec import describe_error
@@ -158,7 +158,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # Plain reads without BEGIN/ROLLBACK round trips; on PostgreSQL also psycopg's asyncio pool.
     app.state.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
     app.state.read_pool = make_read_pool(engine)
-    app.state.store = ArtifactStore(settings.artifact_dir)
+    app.state.store = make_store(settings)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(DataError, _unstorable)
     app.add_exception_handler(psycopg.DataError, _unstorable)  # app.db.ReadPool's reads

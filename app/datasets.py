@@ -29,7 +29,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.models import Dataset
-from app.store import ArtifactStore, StoreError
+from app.store import ArtifactMissing, ArtifactStore, StoreError
 from trainer.data import DataError, check_model_fits
 from trainer.data import Dataset as TrainerDataset
 from trainer.spec import Model
@@ -301,7 +301,8 @@ def display_filename(raw: str | None, *, default: str = "upload") -> str:
 
 
 def resolve_dataset_path(session: Session, store: ArtifactStore, dataset_id: str) -> Path:
-    """The stored .npy of an uploaded dataset, for the worker (`load_dataset`'s resolver).
+    """A local path of an uploaded dataset's .npy, for the trainer (`load_dataset`'s
+    resolver): the stored file in a folder store, else a SHA-256-checked copy in the cache.
 
     Raises trainer.data.DataError("data.dataset_id: no dataset <id>") when there is no such
     dataset or its file is gone from the store.
@@ -310,16 +311,13 @@ def resolve_dataset_path(session: Session, store: ArtifactStore, dataset_id: str
     if row is None:
         raise DataError(f"data.dataset_id: no dataset {dataset_id}")
     try:
-        path = store.path(row.path)
-    except StoreError:
-        raise DataError(
-            f"data.dataset_id: no dataset {dataset_id} (its path is outside the store)"
-        ) from None
-    if not path.is_file():
+        return store.fetch(row.path, sha256=row.sha256)
+    except ArtifactMissing:
         raise DataError(
             f"data.dataset_id: no dataset {dataset_id} (its file is missing from the store)"
-        )
-    return path
+        ) from None
+    except StoreError as exc:
+        raise DataError(f"data.dataset_id: dataset {dataset_id}: {exc}") from None
 
 
 def remove_quietly(*paths: Path | None) -> None:

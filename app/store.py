@@ -27,12 +27,8 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from trainer.checkpoint import Checkpoint, CheckpointError, atomic_write, parse_checkpoint
-
-if TYPE_CHECKING:
-    from app.settings import Settings
 
 CHUNK = 1024 * 1024
 
@@ -167,8 +163,8 @@ class ArtifactStore(ABC):
         self.write(sidecar, ckpt.sidecar_json.encode())
         return tensors, sidecar
 
-    def describe(self) -> str:
-        return self.url
+    def close(self) -> None:  # noqa: B027 - most stores hold nothing to let go of
+        """Let go of connections (the `db` store's engine); the store stays usable."""
 
     # ---- where things go ------------------------------------------------------------------
 
@@ -267,7 +263,9 @@ class FileStore(ArtifactStore):
             return
         for dirpath, dirnames, filenames in os.walk(top):
             here = Path(dirpath)
-            dirnames[:] = sorted(d for d in dirnames if not (here == self.root and d.startswith(".")))
+            dirnames[:] = sorted(
+                d for d in dirnames if not (here == self.root and d.startswith("."))
+            )
             for name in sorted(filenames):
                 if name.startswith(".") and name.endswith(".tmp"):
                     continue  # a write in progress
@@ -324,42 +322,3 @@ def check_url(url: str) -> tuple[str, str]:
             "s3://bucket/prefix or db"
         )
     return "file", url
-
-
-def open_store(
-    url: str,
-    *,
-    database_url: str | None = None,
-    cache: Path | None = None,
-    s3_endpoint_url: str | None = None,
-) -> ArtifactStore:
-    """The store a URL names: `file:///path` (or a plain path), `s3://bucket/prefix`, `db`."""
-    kind, where = check_url(url)
-    cache = (cache or Path("./var/cache")).resolve() / "artifacts"
-    if kind == "db":
-        if database_url is None:
-            raise StoreError("GANFORGE_ARTIFACT_URL: db needs the service's database URL")
-        from app.store_db import DatabaseStore
-
-        return DatabaseStore(database_url, cache=cache)
-    if kind == "s3":
-        from app.store_s3 import S3Store
-
-        bucket, _, prefix = where.partition("/")
-        return S3Store(bucket, prefix, endpoint_url=s3_endpoint_url, cache=cache)
-    return FileStore(where)
-
-
-def store_url(settings: Settings) -> str:
-    """GANFORGE_ARTIFACT_URL, else GANFORGE_ARTIFACT_DIR as a folder store."""
-    return settings.artifact_url or str(Path(settings.artifact_dir).resolve())
-
-
-def make_store(settings: Settings, url: str | None = None) -> ArtifactStore:
-    """The store the settings name (or `url`, with the settings' database and S3 endpoint)."""
-    return open_store(
-        url or store_url(settings),
-        database_url=settings.database_url,
-        cache=settings.cache_dir,
-        s3_endpoint_url=settings.s3_endpoint_url,
-    )

@@ -161,7 +161,9 @@ def read_checkpoint(path: str | Path, *, expected_sha256: str | None = None) -> 
         raise CheckpointError(f"checkpoint: {exc.filename} does not exist{hint}") from None
     except OSError as exc:
         raise CheckpointError(f"checkpoint: cannot read {path}: {exc}") from None
-    return parse_checkpoint(data, meta_bytes, name=tensors_path.name, expected_sha256=expected_sha256)
+    return parse_checkpoint(
+        data, meta_bytes, name=tensors_path.name, expected_sha256=expected_sha256
+    )
 
 
 def parse_checkpoint(

@@ -136,13 +136,22 @@ class GeneratorCache:
         self._entries: OrderedDict[tuple[str, str], LoadedGenerator] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: Path, sha256: str) -> LoadedGenerator:
-        key = (str(path), sha256)
+    def get(
+        self, name: str | Path, sha256: str, load: Callable[[], Checkpoint] | None = None
+    ) -> LoadedGenerator:
+        """The generator of checkpoint `name` (a path, or the store's name for it), loaded
+        by `load` (default: `read_checkpoint(name)`, checked against `sha256`) when it is
+        not cached."""
+        key = (str(name), sha256)
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-        loaded = LoadedGenerator.of(read_checkpoint(path, expected_sha256=sha256))
+        if load is None:
+            checkpoint = read_checkpoint(name, expected_sha256=sha256)
+        else:
+            checkpoint = load()
+        loaded = LoadedGenerator.of(checkpoint)
         with self._lock:
             self._entries[key] = loaded
             self._entries.move_to_end(key)

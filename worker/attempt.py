@@ -26,7 +26,7 @@ from app.datasets import resolve_dataset_path
 from app.models import Checkpoint as CheckpointRow
 from app.models import Job, JobStatus
 from app.store import ArtifactStore
-from trainer.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from trainer.checkpoint import Checkpoint, CheckpointError
 from trainer.data import DataError
 from trainer.distributed import ranks
 from trainer.errors import first_line
@@ -184,7 +184,7 @@ def _load_job(
             )
         checkpoint = None
         if latest is not None:
-            checkpoint = read_checkpoint(store.path(latest.path), expected_sha256=latest.sha256)
+            checkpoint = store.load_checkpoint(latest.path, sha256=latest.sha256)
     return spec, checkpoint, datasets
 
 
@@ -195,4 +195,4 @@ def _rewind(engine: Engine, store: ArtifactStore, job_id: str, step: int) -> Non
     for path in stale:
         store.delete(path)
         if path.endswith(".safetensors"):
-            store.delete(path[: -len(".safetensors")] + ".json")
+            store.delete(store.sidecar_path(path))

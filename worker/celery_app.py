@@ -26,6 +26,7 @@ from app.queue import RUN_JOB, make_celery, queue_name, send
 from app.reconcile import reconcile
 from app.settings import get_settings
 from app.store import ArtifactStore
+from app.stores import make_store
 from app.sweep_controller import run_controller_pass
 from trainer.errors import first_line
 from worker.attempt import Stopped
@@ -113,7 +114,7 @@ def _start_reconciler(**_kwargs: Any) -> None:
 @lru_cache(maxsize=1)
 def _resources() -> tuple[Engine, ArtifactStore]:
     settings = get_settings()
-    return make_engine(settings.database_url), ArtifactStore(settings.artifact_dir)
+    return make_engine(settings.database_url), make_store(settings)
 
 
 @celery.task(name=RUN_JOB)  # type: ignore[untyped-decorator]

@@ -63,7 +63,7 @@ def run_in_child(
             owner,
             lease.total_seconds(),
             engine.url.render_as_string(hide_password=False),
-            str(store.root),
+            store.url,
             simulate,
             torch.get_num_threads(),
             state,
@@ -99,7 +99,7 @@ def _job_main(
     owner: str,
     lease_seconds: float,
     database_url: str,
-    store_root: str,
+    store_url: str,
     simulate: bool,
     threads: int,
     state: RunState,
@@ -108,6 +108,8 @@ def _job_main(
 ) -> None:
     """The job process: train, then send the `Outcome` to the worker."""
     from app.db import make_engine
+    from app.settings import get_settings
+    from app.stores import make_store
 
     # First, before anything can initialise CUDA: the job's devices.
     os.environ.update(environment)
@@ -126,10 +128,11 @@ def _job_main(
         " (simulated: training on the CPU)" if simulate and visible else "",
     )
     engine = make_engine(database_url)
+    store = make_store(get_settings(), store_url)
     try:
         outcome = attempt(
             engine,
-            ArtifactStore(store_root),
+            store,
             job_id,
             owner,
             timedelta(seconds=lease_seconds),
@@ -137,6 +140,7 @@ def _job_main(
             simulate=simulate,
         )
     finally:
+        store.close()
         engine.dispose()
     send.send(outcome)
     send.close()

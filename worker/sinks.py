@@ -22,7 +22,7 @@ from app.metricstore import insert_points
 from app.models import Checkpoint as CheckpointRow
 from app.models import Job, Sample
 from app.store import ArtifactStore
-from trainer.checkpoint import Checkpoint, CheckpointRecord, write_checkpoint
+from trainer.checkpoint import Checkpoint, CheckpointRecord
 from trainer.sinks import Sinks
 
 T = TypeVar("T")
@@ -110,11 +110,16 @@ class StoreSamples(_LeasedSink):
 
     def write(self, step: int, png: bytes) -> None:
         path = self.store.sample_path(self.job_id, step)
+        # The file first, outside the fenced transaction (the `db` store writes through its
+        # own connection, which a held SQLite write lock would block): a row is never
+        # without its file.
+        self.store.write(path, png)
 
         def body(conn: Connection) -> None:
-            self.store.write(path, png)
             conn.execute(delete(Sample).where(Sample.job_id == self.job_id, Sample.step == step))
-            conn.execute(insert(Sample).values(job_id=self.job_id, step=step, path=path))
+            conn.execute(
+                insert(Sample).values(job_id=self.job_id, step=step, path=path, size=len(png))
+            )
 
         self._write(body)
 
@@ -135,16 +140,17 @@ class StoreCheckpoints(_LeasedSink):
     ):
         super().__init__(engine, job_id, owner, retry_for)
         self.store, self.metrics = store, metrics
+        # Called with the step after each checkpoint is recorded (the retention pass).
+        self.after_write: Callable[[int], None] | None = None
 
     def write(self, checkpoint: Checkpoint) -> CheckpointRecord:
         if self.metrics is not None:
             self.metrics.flush()
-        folder = self.store.path(self.store.checkpoint_dir(self.job_id))
+        folder = self.store.checkpoint_dir(self.job_id)
+        path, _ = self.store.write_checkpoint(folder, checkpoint)  # files first, as samples
+        record = CheckpointRecord(checkpoint.step, checkpoint.sha256, len(checkpoint.data), path)
 
         def body(conn: Connection) -> CheckpointRecord:
-            record = write_checkpoint(folder, checkpoint)
-            assert record.path is not None
-            path = self.store.relative(record.path)
             conn.execute(
                 delete(CheckpointRow).where(
                     CheckpointRow.job_id == self.job_id, CheckpointRow.step == record.step
@@ -161,7 +167,10 @@ class StoreCheckpoints(_LeasedSink):
             )
             return record
 
-        return self._write(body)
+        self._write(body)
+        if self.after_write is not None:
+            self.after_write(record.step)
+        return record
 
 
 class JobWarnings(_LeasedSink):

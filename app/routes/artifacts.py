@@ -7,11 +7,13 @@
     GET  /api/jobs/{id}/checkpoints/{step}        the .safetensors file (?part=sidecar: the JSON)
     POST /api/jobs/{id}/generate                  fresh samples from a checkpoint's generator
 
-Rows hold paths relative to the artifact store (app/store.py). A row whose file is gone is a
-404 on download. Checkpoint downloads are not re-hashed (that would read the whole file per
-request); they carry the stored SHA-256 (`X-Checkpoint-SHA256`, and `Repr-Digest` as in
-RFC 9530) for the client to check. Generation does verify it (`read_checkpoint`) before
-loading: a mismatch is a 409 naming the file and SHA-256.
+Rows hold paths relative to the artifact store (app/store.py: a folder, S3 or the database). A
+row whose file is gone is a 404 on download. A folder store's files are served as files (with
+ranges); the other stores' are streamed in chunks, never read whole. Checkpoint downloads
+are not re-hashed (that would read the whole file per request); they carry the stored
+SHA-256 (`X-Checkpoint-SHA256`, and `Repr-Digest` as in RFC 9530) for the client to check.
+Generation does verify it (`ArtifactStore.load_checkpoint`) before loading: a mismatch is a
+409 naming the file and SHA-256.
 
 Generation runs in worker threads (`anyio.to_thread.run_sync`) from an `async def`
 endpoint, at most GENERATE_CONCURRENCY at a time per app (the others wait on the event
@@ -21,7 +23,6 @@ loop, holding no thread). The torch thread count is left as the process set it.
 from __future__ import annotations
 
 import base64
-import os
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -116,14 +117,45 @@ def _samples(session: Session, job_id: str) -> list[Sample]:
     )
 
 
-def _stat(store: ArtifactStore, relative: str) -> tuple[Path, os.stat_result] | None:
-    """The file's absolute path and stat, or None when it is gone (or outside the store)."""
+def _served(
+    store: ArtifactStore,
+    relative: str,
+    *,
+    media_type: str,
+    filename: str,
+    inline: bool = False,
+    headers: dict[str, str] | None = None,
+) -> Response | None:
+    """The stored file as a response, or None when it is gone (or outside the store): a
+    folder store's file as FileResponse (ranges, If-Modified-Since); any other store's
+    streamed in chunks with its length, so a large checkpoint is never read whole."""
     try:
-        full = store.path(relative)
-        stat = full.stat()
-    except (StoreError, OSError):
+        local = store.local_file(relative)
+        if local is not None:
+            return FileResponse(
+                local,
+                media_type=media_type,
+                filename=filename,
+                stat_result=local.stat(),
+                headers=headers,
+                content_disposition_type="inline" if inline else "attachment",
+            )
+        size = store.size(relative)
+        chunks = store.chunks(relative) if size is not None else None
+    except (StoreError, OSError):  # ArtifactMissing is an OSError
         return None
-    return full, stat
+    if chunks is None:
+        return None
+    disposition = "inline" if inline else "attachment"
+    return StreamingResponse(
+        chunks,
+        media_type=media_type,
+        headers={
+            **(headers or {}),
+            "Content-Length": str(size),
+            "Content-Disposition": f'{disposition}; filename="{filename}"',
+        },
+    )
 
 
 @router.get("/jobs/{job_id}/samples")
@@ -159,13 +191,11 @@ def samples_zip(job_id: str, session: SessionDep, store: StoreDep) -> StreamingR
         written = 0
         with zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_STORED) as archive:
             for sample in samples:
-                found = _stat(store, sample.path)
-                if found is None:
-                    continue
                 try:
-                    archive.write(found[0], arcname=f"step_{sample.step:06d}.png")
-                except OSError:
-                    continue  # deleted between stat and read
+                    png = store.read(sample.path)
+                except (StoreError, OSError):
+                    continue  # deleted meanwhile
+                archive.writestr(f"step_{sample.step:06d}.png", png)
                 written += 1
         if written == 0:
             raise HTTPException(404, f"job {job_id}: its sample files are gone")
@@ -204,7 +234,7 @@ def get_sample(
     session: SessionDep,
     store: StoreDep,
     download: Annotated[bool, Query(description="attachment instead of inline")] = False,
-) -> FileResponse:
+) -> Response:
     """One sample PNG of this job."""
     job_or_404(session, job_id)
     sample = None
@@ -213,16 +243,16 @@ def get_sample(
         sample = session.scalar(query)
     if sample is None:
         raise HTTPException(404, f"job {job_id} has no sample {sample_id}")
-    found = _stat(store, sample.path)
-    if found is None:
-        raise HTTPException(404, f"sample {sample_id} of job {job_id}: its file is gone")
-    return FileResponse(
-        found[0],
+    served = _served(
+        store,
+        sample.path,
         media_type="image/png",
         filename=f"{job_id}-step_{sample.step:06d}.png",
-        stat_result=found[1],
-        content_disposition_type="attachment" if download else "inline",
+        inline=not download,
     )
+    if served is None:
+        raise HTTPException(404, f"sample {sample_id} of job {job_id}: its file is gone")
+    return served
 
 
 # ---- checkpoints --------------------------------------------------------------------------
@@ -280,41 +310,40 @@ def get_checkpoint(
         Literal["tensors", "sidecar"],
         Query(description="tensors: the .safetensors file; sidecar: its JSON sidecar"),
     ] = "tensors",
-) -> FileResponse:
+) -> Response:
     """Download a checkpoint; headers `X-Checkpoint-SHA256` and `Repr-Digest` carry its hash."""
     job_or_404(session, job_id)
     row = _checkpoint_at(session, job_id, step)
-    relative = row.path
-    if part == "sidecar":
-        relative = str(Path(relative).with_suffix(".json"))
-    found = _stat(store, relative)
-    if found is None:
-        raise HTTPException(404, f"checkpoint step {step} of job {job_id}: its {part} file is gone")
-    full, stat = found
     headers = {"X-Checkpoint-SHA256": row.sha256, "X-Checkpoint-Step": str(row.step)}
+    stem = f"{job_id}-step_{row.step:06d}"
     if part == "sidecar":
-        return FileResponse(
-            full,
+        served = _served(
+            store,
+            store.sidecar_path(row.path),
             media_type="application/json",
-            filename=f"{job_id}-step_{row.step:06d}.json",
-            stat_result=stat,
+            filename=f"{stem}.json",
             headers=headers,
         )
-    if stat.st_size != row.size:
-        raise HTTPException(
-            409,
-            f"checkpoint step {step} of job {job_id}: {full.name} has {stat.st_size} bytes, "
-            f"{row.size} were stored; it is damaged",
+    else:
+        size = store.size(row.path)
+        if size is not None and size != row.size:
+            raise HTTPException(
+                409,
+                f"checkpoint step {step} of job {job_id}: {Path(row.path).name} has {size} "
+                f"bytes, {row.size} were stored; it is damaged",
+            )
+        digest = base64.b64encode(bytes.fromhex(row.sha256)).decode("ascii")
+        headers["Repr-Digest"] = f"sha-256=:{digest}:"
+        served = _served(
+            store,
+            row.path,
+            media_type="application/octet-stream",
+            filename=f"{stem}.safetensors",
+            headers=headers,
         )
-    digest = base64.b64encode(bytes.fromhex(row.sha256)).decode("ascii")
-    headers["Repr-Digest"] = f"sha-256=:{digest}:"
-    return FileResponse(
-        full,
-        media_type="application/octet-stream",
-        filename=f"{job_id}-step_{row.step:06d}.safetensors",
-        stat_result=stat,
-        headers=headers,
-    )
+    if served is None:
+        raise HTTPException(404, f"checkpoint step {step} of job {job_id}: its {part} file is gone")
+    return served
 
 
 # ---- generation ---------------------------------------------------------------------------
@@ -334,10 +363,16 @@ class _Generated:
 
 
 def _generate(
-    generators: GeneratorCache, full: Path, sha256: str, body: GenerateRequest, store: ArtifactStore
+    generators: GeneratorCache,
+    relative: str,
+    sha256: str,
+    body: GenerateRequest,
+    store: ArtifactStore,
 ) -> _Generated:
     """Runs in a worker thread: load (or reuse) the generator, check n, generate, encode."""
-    loaded = generators.get(full, sha256)
+    loaded = generators.get(
+        f"{store.url}/{relative}", sha256, lambda: store.load_checkpoint(relative, sha256=sha256)
+    )
     if body.n > loaded.max_n:
         raise _n_error(
             body.n,
@@ -349,7 +384,7 @@ def _generate(
     png = loaded.png(
         body.n,
         seed=body.seed,
-        resolve_dataset=lambda dataset_id: store.path(store.dataset_path(dataset_id)),
+        resolve_dataset=lambda dataset_id: store.fetch(store.dataset_path(dataset_id)),
     )
     return _Generated(png, (body.n, *loaded.shape), loaded.step)
 
@@ -410,11 +445,10 @@ async def generate(
     row = await run_in_threadpool(_pick_checkpoint, session, job_id, body.step)
     name = f"checkpoint step {row.step} of job {job_id}"
     try:
-        full = store.path(row.path)
         result = await anyio.to_thread.run_sync(
             _generate,
             _generators(request.app),
-            full,
+            row.path,
             row.sha256,
             body,
             store,

@@ -25,7 +25,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from app.auth import download
 from app.deps import SessionDep, StoreDep
 from app.models import Dataset
-from app.store import StoreError
+from app.store import ArtifactMissing, StoreError
 from trainer.data import DataError, map_array, scale_uint8
 from trainer.samples import GRID_MAX_IMAGES, image_grid_png, scatter_png
 
@@ -94,11 +94,13 @@ def dataset_preview(
     if _holds(request.headers.get("if-none-match", ""), headers["ETag"]):
         return Response(status_code=304, headers=headers)
     try:
-        path: Path | None = store.path(row.path)
-    except StoreError:
-        path = None
-    if path is None or not path.is_file():
-        raise HTTPException(404, f"dataset {dataset_id}: its file is missing from the store")
+        path = store.fetch(row.path, sha256=row.sha256)
+    except ArtifactMissing:
+        raise HTTPException(
+            404, f"dataset {dataset_id}: its file is missing from the store"
+        ) from None
+    except StoreError as exc:  # a remote copy that fails its SHA-256
+        raise HTTPException(409, f"dataset {dataset_id}: {exc}") from None
     try:
         png = preview_png(path, title=row.filename)
     except NoPreview as exc:

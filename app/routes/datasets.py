@@ -15,7 +15,7 @@ it the same way; 404 and 409 carry a string.
 
 from __future__ import annotations
 
-import os
+import contextlib
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -130,7 +130,7 @@ def _store_upload(
     thread)."""
     assert upload.path is not None
     prepared: Path | None = None
-    final: Path | None = None
+    stored: str | None = None
     try:
         made = prepare(upload.path, options, max_bytes=upload.max_file_bytes)
         prepared = made.path
@@ -139,8 +139,8 @@ def _store_upload(
         fsync_file(prepared)
         size = prepared.stat().st_size
         sha256 = file_sha256(prepared)
-        final = store.path(relative)
-        os.replace(prepared, final)
+        store.write_file(relative, prepared, move=True)
+        stored = relative
         row = Dataset(
             id=dataset_id,
             filename=display_filename(upload.filename),
@@ -156,7 +156,10 @@ def _store_upload(
         return row, made.skipped
     except BaseException:
         session.rollback()
-        remove_quietly(final, prepared)
+        remove_quietly(prepared)
+        if stored is not None:
+            with contextlib.suppress(OSError, ValueError):
+                store.delete(stored)
         raise
 
 
@@ -226,9 +229,7 @@ async def upload_dataset(
     """
     max_bytes = settings.max_upload_bytes
     check_content_length(request, max_bytes)
-    folder = store.path("datasets")
-    folder.mkdir(parents=True, exist_ok=True)
-    upload = MultipartUpload(folder, max_bytes, wanted=FORM_FIELDS)
+    upload = MultipartUpload(store.staging(), max_bytes, wanted=FORM_FIELDS)
     try:
         await upload.read(request)
         options = parse_options(upload.fields)

@@ -318,4 +318,5 @@ def test_generate_refuses_a_tampered_checkpoint(client: TestClient, run: Run) ->
     assert client.post(f"/api/jobs/{job}/generate", json={"step": 2}).status_code == 200
     (tensors.parent / "step_000004.json").unlink()
     missing = client.post(f"/api/jobs/{job}/generate", json={"step": 4})
-    assert missing.status_code == 409 and "does not exist" in missing.json()["detail"]
+    assert missing.status_code == 409
+    assert "step_000004.json is missing from the store" in missing.json()["detail"]

@@ -107,7 +107,7 @@ def test_a_database_migrated_before_0006_moves_its_revision_table(tmp_path, post
             names = set(inspect(engine).get_table_names())
             assert "alembic_version" not in names and "sweep" in names
             with engine.connect() as conn:
-                assert conn.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}")) == "0006"
+                assert conn.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}")) == "0007"
         finally:
             engine.dispose()
         _assert_schema_matches_models(url)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.store import ArtifactMissing, ArtifactStore, StoreError, check_url, open_store
+from app.store import ArtifactMissing, ArtifactStore, StoreError, check_url
+from app.stores import open_store
 from trainer.checkpoint import CheckpointError, make_checkpoint
 
 KINDS = ["file", "s3", "db-sqlite", "db-postgresql"]
@@ -32,7 +33,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ArtifactSt
         url = _database(request, database, tmp_path)
         store = open_store("db", database_url=url, cache=cache)
         yield store
-        store.close()  # type: ignore[attr-defined]  # DatabaseStore: its engine
+        store.close()  # the db store's engine
 
 
 def _database(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> str:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app import jobs, metricstore, sweep_space, sweep_study
 from app.models import Job, Sweep
 from app.settings import Settings
-from app.store import ArtifactStore
+from app.store import FileStore
 from app.sweep_controller import run_controller_pass
 
 RING = {"steps": 60, "batch_size": 64, "every": {"eval": 20}}
@@ -309,7 +309,7 @@ def test_cancel_stops_the_trials_and_delete_removes_jobs_artifacts_and_study(cli
     trials = client.get(f"/api/sweeps/{sweep['id']}").json()["trials"]
     name = _study(client, sweep["id"]).study_name
     _run(client, trials[0]["job_id"], [0.4], outcome="")  # running
-    store = ArtifactStore(client.app.state.settings.artifact_dir)  # type: ignore[attr-defined]
+    store = FileStore(client.app.state.settings.artifact_dir)  # type: ignore[attr-defined]
     store.write(f"{store.job_dir(trials[0]['job_id'])}/samples/step_000020.png", b"png")
     cancelled = client.post(f"/api/sweeps/{sweep['id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, insert, select
 from app import devices
 from app.db import make_engine, upgrade
 from app.models import DeviceLease, Job, utcnow
-from app.store import ArtifactStore
+from app.store import FileStore
 from trainer.spec import TrainSpec
 from worker.claim import BUSY
 from worker.node import DeviceOptionError, Node, parse_devices, simulated
@@ -94,7 +94,7 @@ def test_a_job_whose_gpus_stay_held_is_left_queued_for_later(engine, tmp_path):
     assert taken == ["1"]
     started = time.monotonic()
     status = run_job(
-        "waiter", engine=engine, store=ArtifactStore(tmp_path), node=_node("0", "1", wait=0.6)
+        "waiter", engine=engine, store=FileStore(tmp_path), node=_node("0", "1", wait=0.6)
     )
     assert status == BUSY and 0.5 < time.monotonic() - started < 5
     with engine.connect() as conn:
@@ -108,7 +108,7 @@ def test_a_job_whose_gpus_stay_held_is_left_queued_for_later(engine, tmp_path):
 
 def test_a_job_needing_more_gpus_than_the_worker_has_fails_saying_so(engine, tmp_path):
     _queued(engine, "big", resources={"gpus": 3})
-    status = run_job("big", engine=engine, store=ArtifactStore(tmp_path), node=_node("0", "1"))
+    status = run_job("big", engine=engine, store=FileStore(tmp_path), node=_node("0", "1"))
     assert status == "failed"
     with engine.connect() as conn:
         error = conn.scalar(select(Job.error))
