@@ -143,10 +143,13 @@ def test_a_tpe_sweep_with_the_median_pruner_prunes_the_leaking_schedule(svc):
     leak audit of D (min): `freeze` leaks exactly 0, `none` about 1 at every metrics step, so
     once a `freeze` trial completed the median pruner (one startup trial) stops every `none`
     trial at its first reports; it ends `pruned` with a checkpoint, the study agrees.
-    Seed 2 makes TPE's (random, startup) proposals freeze, none, freeze, none."""
+    Seed 2 makes TPE's (random, startup) proposals freeze, none, freeze, none. The trials
+    are long enough (1500 steps, several seconds) that controller passes (every second) see
+    a `none` trial running even on a loaded machine: one that ended first would rightly
+    finish unpruned (it was seen 1 run in 10 with 600 steps under load)."""
     spec = tiny_spec(
-        steps=600,
-        every={"metrics": 5, "samples": 0, "checkpoint": 200, "eval": 0},
+        steps=1500,
+        every={"metrics": 5, "samples": 0, "checkpoint": 300, "eval": 0},
         schedule={"order": "g_first", "zero_grad": "after"},
     )
     body = {
