@@ -1,5 +1,5 @@
 """The `ganforge` command: a root that adds the trainer's commands (train, generate) and the
-service's (up, api, worker, submit, dataset, db, token)."""
+service's (up, api, worker, submit, sweep, dataset, artifacts, db, token)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from app.artifact_cli import artifacts
 from app.cli_options import DEFAULT_SERVER, Server, Token
 from app.dataset_cli import dataset
 from app.sweep_cli import sweep
@@ -28,6 +29,7 @@ token = typer.Typer(
 )
 service.add_typer(token, name="token")
 service.add_typer(dataset, name="dataset")
+service.add_typer(artifacts, name="artifacts")
 service.command()(sweep)
 
 INSECURE_HELP = "listen on a non-loopback address even though no API token exists"
