@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # Retention defaults for jobs whose spec has no `retention` (0: keep every checkpoint).
     keep_last: Annotated[int, Field(ge=0)] = 0
     keep_best: Annotated[int, Field(ge=0)] = 0
+    # A checkpoint retention or a DELETE removes stays in the store this long after its row
+    # is gone (app/retention.py), so a download or `generate` that read the row just before
+    # finishes reading it.
+    delete_grace_seconds: Annotated[float, Field(ge=0)] = 60.0
     # A worker's claim on a job lasts this long unless its heartbeat (every 0.5 s) extends it;
     # the reconciler requeues a job whose lease ran out (its worker died).
     lease_seconds: Annotated[float, Field(gt=0)] = 60.0
@@ -80,8 +84,13 @@ class Settings(BaseSettings):
     def _artifact_url_parse(cls, value: str | None) -> str | None:
         from app.store import check_url
 
-        if value is not None:
+        if value:  # empty (a compose file's unset default) means unset
             check_url(value)  # a StoreError (ValueError) names the setting and the reason
+        return value or None
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
     @field_validator("allowed_hosts")

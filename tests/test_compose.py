@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SHARED_FILE = ROOT / "docker-compose.shared.yml"  # the first machine of several
 WORKER_FILE = ROOT / "docker-compose.worker.yml"  # each other machine
+NFS_FILE = ROOT / "docker-compose.nfs.yml"  # over both: the store on an NFS export
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
@@ -176,7 +177,23 @@ def test_api_and_workers_share_the_artifact_volume(config: dict[str, Any]) -> No
     assert all(len(t) == 1 for t in targets.values()), targets
     (path,) = {t[0] for t in targets.values()}  # one path for all
     for name in GANFORGE_SERVICES:
-        assert services[name]["environment"]["GANFORGE_ARTIFACT_DIR"] == path
+        env = services[name]["environment"]
+        assert env["GANFORGE_ARTIFACT_DIR"] == path
+        assert env["GANFORGE_ARTIFACT_URL"] == f"file://{path}"  # the file store, by default
+        assert env.get("AWS_ACCESS_KEY_ID") is None  # null: passed through only when set
+
+
+def test_an_s3_store_and_its_credentials_pass_through() -> None:
+    s3 = {
+        "GANFORGE_ARTIFACT_URL": "s3://gan-artifacts/prod",
+        "GANFORGE_S3_ENDPOINT_URL": "http://minio:9000",
+        "AWS_ACCESS_KEY_ID": "key",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+    }
+    services = _resolved("--profile", "cpu", env=s3)["services"]
+    for name in GANFORGE_SERVICES:
+        env = services[name]["environment"]
+        assert {k: env[k] for k in s3} == s3
 
 
 def test_database_and_broker_urls(services: dict[str, Any]) -> None:
@@ -241,7 +258,6 @@ MULTI_HOST_ENV = {
     "REDIS_PASSWORD": "redis-secret",
     "GANFORGE_SERVERS_BIND": "10.0.0.1",
     "GANFORGE_MAIN_HOST": "10.0.0.1",
-    "GANFORGE_NFS_SERVER": "10.0.0.5",
 }
 
 
@@ -261,7 +277,7 @@ def _nfs(config: dict[str, Any]) -> dict[str, Any]:
     return volume["driver_opts"]
 
 
-def test_the_first_host_shares_postgres_redis_and_an_nfs_artifact_store(
+def test_the_first_host_shares_postgres_redis_and_keeps_artifacts_in_the_database(
     first_host: dict[str, Any],
 ) -> None:
     services = first_host["services"]
@@ -277,12 +293,9 @@ def test_the_first_host_shares_postgres_redis_and_an_nfs_artifact_store(
         env = services[name]["environment"]
         assert env["GANFORGE_BROKER_URL"] == "redis://:redis-secret@redis:6379/0"
         assert ":pg-secret@postgres:5432/" in env["GANFORGE_DATABASE_URL"]
-        assert _artifact_mounts(services[name]) == [env["GANFORGE_ARTIFACT_DIR"]]
-    assert _nfs(first_host) == {
-        "type": "nfs",
-        "o": "addr=10.0.0.5,rw,nfsvers=4.1",
-        "device": ":/srv/ganforge/artifacts",
-    }
+        assert env["GANFORGE_ARTIFACT_URL"] == "db"  # no shared filesystem needed
+    # The artifacts volume is this machine's own (caches), not a network mount.
+    assert "driver_opts" not in first_host["volumes"][ARTIFACTS_VOLUME]
 
 
 def test_the_second_host_runs_a_worker_on_the_first_hosts_servers_and_store(
@@ -295,12 +308,11 @@ def test_the_second_host_runs_a_worker_on_the_first_hosts_servers_and_store(
         "postgresql+psycopg://ganforge:pg-secret@10.0.0.1:5432/ganforge"
     )
     assert env["GANFORGE_BROKER_URL"] == "redis://:redis-secret@10.0.0.1:6379/0"
-    # The same store at the same path as on the first host: a job's files are the same
-    # whichever machine ran it.
+    # The same store as on the first host (the first host's database), and no NFS: a job's
+    # files are the same whichever machine ran it.
     first = first_host["services"]["worker"]
-    assert env["GANFORGE_ARTIFACT_DIR"] == first["environment"]["GANFORGE_ARTIFACT_DIR"]
-    assert _artifact_mounts(worker) == _artifact_mounts(first)
-    assert _nfs(second_host) == _nfs(first_host)
+    assert env["GANFORGE_ARTIFACT_URL"] == first["environment"]["GANFORGE_ARTIFACT_URL"] == "db"
+    assert "driver_opts" not in second_host["volumes"][ARTIFACTS_VOLUME]
     # Its GPUs are its own: reported under another name than the first host's.
     assert env["GANFORGE_HOST_NAME"] != first["environment"]["GANFORGE_HOST_NAME"]
     assert worker["command"] == ["ganforge", "worker"]
@@ -309,12 +321,45 @@ def test_the_second_host_runs_a_worker_on_the_first_hosts_servers_and_store(
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
 
 
+def test_an_s3_store_over_several_hosts() -> None:
+    env = {**MULTI_HOST_ENV, "GANFORGE_ARTIFACT_URL": "s3://gan/prod", "AWS_ACCESS_KEY_ID": "k"}
+    first = _resolved("--profile", "cpu", env=env, also=(SHARED_FILE,))["services"]
+    second = _resolved(env=env, compose_file=WORKER_FILE)["services"]
+    for services in (first, second):
+        assert services["worker"]["environment"]["GANFORGE_ARTIFACT_URL"] == "s3://gan/prod"
+        assert services["worker"]["environment"]["AWS_ACCESS_KEY_ID"] == "k"
+
+
+def test_an_nfs_store_is_the_same_export_on_every_host() -> None:
+    env = {
+        **MULTI_HOST_ENV,
+        "GANFORGE_ARTIFACT_URL": "file:///var/lib/ganforge/artifacts",
+        "GANFORGE_NFS_SERVER": "10.0.0.5",
+    }
+    first = _resolved("--profile", "cpu", env=env, also=(SHARED_FILE, NFS_FILE))
+    second = _resolved(env=env, compose_file=WORKER_FILE, also=(NFS_FILE,))
+    assert (
+        _nfs(first)
+        == _nfs(second)
+        == {
+            "type": "nfs",
+            "o": "addr=10.0.0.5,rw,nfsvers=4.1",
+            "device": ":/srv/ganforge/artifacts",
+        }
+    )
+    for config in (first, second):
+        worker = config["services"]["worker"]
+        path = worker["environment"]["GANFORGE_ARTIFACT_DIR"]
+        assert worker["environment"]["GANFORGE_ARTIFACT_URL"] == f"file://{path}"
+        assert _artifact_mounts(worker) == [path]
+
+
 @pytest.mark.parametrize(
     ("files", "missing"),
     [
         ((COMPOSE_FILE, SHARED_FILE), "REDIS_PASSWORD"),
         ((COMPOSE_FILE, SHARED_FILE), "GANFORGE_SERVERS_BIND"),
-        ((COMPOSE_FILE, SHARED_FILE), "GANFORGE_NFS_SERVER"),
+        ((WORKER_FILE, NFS_FILE), "GANFORGE_NFS_SERVER"),
         ((WORKER_FILE,), "GANFORGE_MAIN_HOST"),
         ((WORKER_FILE,), "REDIS_PASSWORD"),
     ],
