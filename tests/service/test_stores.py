@@ -124,6 +124,11 @@ def _train_on_an_upload(service: Service, client) -> None:  # type: ignore[no-un
     assert job["status"] == "succeeded", job
     preview = client.get(f"/api/datasets/{dataset_id}/preview.png")
     assert preview.status_code == 200 and preview.content.startswith(b"\x89PNG")
+    store = _store_of(service)
+    assert store.exists(f"datasets/{dataset_id}.npy")
+    assert client.delete(f"/api/datasets/{dataset_id}").status_code == 204
+    assert not store.exists(f"datasets/{dataset_id}.npy")
+    store.close()
 
 
 # ---- two worker hosts ------------------------------------------------------------------------
