@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
+    ColumnElement,
     DateTime,
     Float,
     ForeignKey,
@@ -23,9 +24,13 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    cast,
     false,
+    func,
+    literal_column,
+    select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 
 
 class JobStatus(StrEnum):
@@ -134,6 +139,10 @@ class Job(Base):
     pruned_at: Mapped[int | None] = mapped_column(Integer)
     prune_rule: Mapped[str | None] = mapped_column(String(200))
 
+    if TYPE_CHECKING:
+        # Bytes of its checkpoints and samples in the store (set below, once they exist).
+        artifact_bytes: Mapped[int]
+
     tag_rows: Mapped[list[JobTag]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="JobTag.position"
     )
@@ -230,8 +239,32 @@ class Checkpoint(_JobArtifact, Base):
 
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
+    # The JSON sidecar's size (None: stored before 0007, or by a writer that did not say).
+    sidecar_size: Mapped[int | None] = mapped_column(BigInteger)
     # Kept whatever the job's retention policy says (POST .../checkpoints/{step}/pin).
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+# No bound parameter in the expression: GET /api/jobs/{id} sends it as SQL text of its own.
+_ZERO: ColumnElement[int] = literal_column("0")
+# The bytes a job's artifacts take in the store: its checkpoints (tensors and sidecars) and
+# its samples. A row stored before 0007 whose size is unknown (a sample's size, a sidecar's)
+# counts 0. Deferred: loaded where a job is shown (app.schemas.JobOut), not by every query.
+Job.artifact_bytes = deferred(
+    cast(
+        select(
+            func.coalesce(
+                func.sum(Checkpoint.size + func.coalesce(Checkpoint.sidecar_size, _ZERO)), _ZERO
+            )
+        )
+        .where(Checkpoint.job_id == Job.id)
+        .scalar_subquery()
+        + select(func.coalesce(func.sum(Sample.size), _ZERO))
+        .where(Sample.job_id == Job.id)
+        .scalar_subquery(),
+        BigInteger,
+    )
+)
 
 
 class ArtifactFile(Base):

@@ -14,6 +14,9 @@ GANFORGE_RECONCILE_EVERY_SECONDS):
    GANFORGE_RESEND_AFTER_SECONDS (a younger one's message may be on its way). A surplus
    message is harmless: the worker it wakes finds nothing queued and does nothing.
 
+3. With the artifact store given, files of deleted checkpoints whose grace period has
+   passed are deleted (app.retention.collect_trash), completing what a crash interrupted.
+
 Every change is a conditional UPDATE, so several reconcilers can run at once.
 """
 
@@ -25,9 +28,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, select, update
 
-from app import jobs, queue
+from app import jobs, queue, retention
 from app.models import Job, JobStatus, utcnow
 from app.settings import Settings
+from app.store import ArtifactStore
 
 log = logging.getLogger("ganforge.reconcile")
 
@@ -38,12 +42,13 @@ class Report:
     failed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+    trashed: int = 0  # files of deleted checkpoints removed from the store
 
     def __bool__(self) -> bool:
-        return bool(self.requeued or self.failed or self.cancelled or self.resent)
+        return bool(self.requeued or self.failed or self.cancelled or self.resent or self.trashed)
 
 
-def reconcile(engine: Engine, settings: Settings) -> Report:
+def reconcile(engine: Engine, settings: Settings, store: ArtifactStore | None = None) -> Report:
     report = Report()
     now = utcnow()
     with engine.connect() as conn:
@@ -68,6 +73,11 @@ def reconcile(engine: Engine, settings: Settings) -> Report:
             report.cancelled.append(job_id)
 
     _resend_missing(engine, settings, report, now)
+    if store is not None:
+        try:
+            report.trashed = len(retention.collect_trash(engine, store, now))
+        except Exception:  # noqa: BLE001 - the trash waits for the next pass
+            log.exception("reconcile: collecting the artifact trash failed")
     if report:
         log.warning("reconciled: %s", report)
     return report

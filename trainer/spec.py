@@ -208,6 +208,40 @@ class Resources(_Section):
     gpus: int | None = Field(None, ge=0, le=64, description="GPUs held; None: from the device")
 
 
+# A metric's name as the trainer logs it: `eval/fid`, `loss/d`, `perf/steps_per_s`.
+_METRIC_NAME = re.compile(r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*$")
+
+
+class Retention(_Section):
+    """Which checkpoints a service job keeps (app/retention.py); the trainer and `ganforge
+    train` ignore it. None: the service's default (GANFORGE_KEEP_LAST, GANFORGE_KEEP_BEST).
+    Both 0 (the defaults): every checkpoint is kept. Otherwise a checkpoint is kept when it is
+    one of the last `keep_last`, one of the best `keep_best` by `best_metric` (`mode` min:
+    lowest first), pinned, or the newest (always: the job resumes from it); the others are
+    deleted as the job runs and when it ends."""
+
+    keep_last: int | None = Field(
+        None, ge=0, le=1_000_000, description="the newest N checkpoints; None: the default"
+    )
+    keep_best: int | None = Field(
+        None, ge=0, le=1_000_000, description="the best M by best_metric; None: the default"
+    )
+    best_metric: str = Field(
+        "eval/fid", min_length=1, max_length=100, description="the metric that ranks them"
+    )
+    mode: Literal["min", "max"] = Field("min", description="min: lower is better")
+
+    @field_validator("best_metric")
+    @classmethod
+    def _metric_name(cls, name: str) -> str:
+        if not _METRIC_NAME.match(name):
+            raise ValueError(
+                f"must be a metric name such as eval/fid or eval/hq (letters, digits, _ . : - "
+                f"and / between parts), got {name!r}"
+            )
+        return name
+
+
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -238,6 +272,7 @@ class TrainSpec(_Section):
     device: str = "auto"
     distributed: Distributed = Distributed()
     resources: Resources = Resources()
+    retention: Retention = Retention()
 
     @field_validator("device")
     @classmethod

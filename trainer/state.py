@@ -44,13 +44,19 @@ def checkpoint_of(trainer: Trainer) -> Checkpoint:
 
 
 def restore(trainer: Trainer, ckpt: Checkpoint) -> None:
-    """Load `ckpt` into `trainer`, which must have been built from the same spec (only steps
-    and distributed may differ); raises CheckpointError otherwise."""
+    """Load `ckpt` into `trainer`, which must have been built from the same spec (only steps,
+    distributed and retention may differ); raises CheckpointError otherwise."""
     saved = TrainSpec.model_validate(ckpt.meta["spec"])
-    same = {"steps": trainer.spec.steps, "distributed": trainer.spec.distributed}
+    # Retention only says which checkpoints the service keeps: it changes no training.
+    same = {
+        "steps": trainer.spec.steps,
+        "distributed": trainer.spec.distributed,
+        "retention": trainer.spec.retention,
+    }
     if saved.model_copy(update=same) != trainer.spec:
         raise CheckpointError(
-            "checkpoint: it was made by a different spec (only steps and distributed may differ)"
+            "checkpoint: it was made by a different spec (only steps, distributed and "
+            "retention may differ)"
         )
     meta = ckpt.meta
     trainer.generator.load_state_dict(ckpt.tensors("generator."))

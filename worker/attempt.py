@@ -21,7 +21,7 @@ import torch
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from app import jobs
+from app import jobs, retention
 from app.datasets import resolve_dataset_path
 from app.models import Checkpoint as CheckpointRow
 from app.models import Job, JobStatus
@@ -142,7 +142,16 @@ def _train(
             trainer.load(checkpoint)
         _rewind(engine, store, job_id, trainer.step)
         state.step = trainer.step
-        sinks = service_sinks(engine, store, job_id, owner, lease.total_seconds())
+        sinks = service_sinks(
+            engine,
+            store,
+            job_id,
+            owner,
+            lease.total_seconds(),
+            # After each checkpoint: delete what the job's retention policy does not keep
+            # (an error is logged, never fails the job).
+            after_checkpoint=lambda _step: retention.apply_quietly(engine, store, job_id),
+        )
 
         def progress(step: int, _values: dict[str, float] | None) -> None:
             state.step = step

@@ -72,13 +72,13 @@ def _unregister(**_kwargs: Any) -> None:
 
 
 def _reconcile_forever() -> None:
-    engine, _ = _resources()
+    engine, store = _resources()
     settings = get_settings()
     # Spread the passes of several workers out.
     period = settings.reconcile_every_seconds
     while not shutting_down.wait(period * random.uniform(0.8, 1.2)):
         try:
-            reconcile(engine, settings)
+            reconcile(engine, settings, store)
         except Exception as exc:  # noqa: BLE001 - the next pass tries again
             if is_transient(exc):
                 log.warning("reconcile pass skipped: database unreachable: %s", first_line(exc))

@@ -21,9 +21,9 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from app import devices, jobs
+from app import devices, jobs, retention
 from app.db import is_transient, retry_transient
-from app.models import JobStatus
+from app.models import FINISHED, JobStatus
 from app.store import ArtifactStore
 from trainer.errors import first_line
 from worker.attempt import Outcome, RunState, Stopped, attempt
@@ -138,6 +138,8 @@ def run_job(
     )
     error = f": {outcome.error}" if outcome.error else ""
     log.info("job %s %s at step %s%s", job_id, ending, step, error)
+    if ending in FINISHED:  # succeeded, failed, cancelled, pruned: the policy's last pass
+        retention.apply_quietly(engine, store, job_id)
     return ending
 
 

@@ -21,6 +21,7 @@ from app.jobs import LEASE, fence
 from app.metricstore import insert_points
 from app.models import Checkpoint as CheckpointRow
 from app.models import Job, Sample
+from app.retention import untrash
 from app.store import ArtifactStore
 from trainer.checkpoint import Checkpoint, CheckpointRecord
 from trainer.sinks import Sinks
@@ -147,8 +148,13 @@ class StoreCheckpoints(_LeasedSink):
         if self.metrics is not None:
             self.metrics.flush()
         folder = self.store.checkpoint_dir(self.job_id)
+        tensors = f"{folder}/step_{checkpoint.step:06d}.safetensors"
+        # A deleted checkpoint's files may still wait in the trash (a resumed job writing a
+        # step again): forget them first, so a collection cannot take the new ones.
+        untrash(self.engine, [tensors, self.store.sidecar_path(tensors)])
         path, _ = self.store.write_checkpoint(folder, checkpoint)  # files first, as samples
         record = CheckpointRecord(checkpoint.step, checkpoint.sha256, len(checkpoint.data), path)
+        sidecar_size = len(checkpoint.sidecar_json.encode())
 
         def body(conn: Connection) -> CheckpointRecord:
             conn.execute(
@@ -163,6 +169,7 @@ class StoreCheckpoints(_LeasedSink):
                     path=path,
                     sha256=record.sha256,
                     size=record.size,
+                    sidecar_size=sidecar_size,
                 )
             )
             return record
@@ -191,14 +198,23 @@ class JobWarnings(_LeasedSink):
 
 
 def service_sinks(
-    engine: Engine, store: ArtifactStore, job_id: str, owner: str, retry_for: float = RETRY_FOR
+    engine: Engine,
+    store: ArtifactStore,
+    job_id: str,
+    owner: str,
+    retry_for: float = RETRY_FOR,
+    *,
+    after_checkpoint: Callable[[int], None] | None = None,
 ) -> Sinks:
     """Sinks that write only while `owner` holds the job's lease (else raise LeaseLost),
-    riding out database outages of up to `retry_for` seconds."""
+    riding out database outages of up to `retry_for` seconds; `after_checkpoint(step)` runs
+    after each checkpoint is recorded (the retention pass)."""
     metrics = DatabaseMetrics(engine, job_id, owner, retry_for=retry_for)
+    checkpoints = StoreCheckpoints(engine, store, job_id, owner, metrics, retry_for)
+    checkpoints.after_write = after_checkpoint
     return Sinks(
         metrics,
         StoreSamples(engine, store, job_id, owner, retry_for),
-        StoreCheckpoints(engine, store, job_id, owner, metrics, retry_for),
+        checkpoints,
         JobWarnings(engine, job_id, owner, retry_for),
     )

@@ -1,5 +1,5 @@
 """artifact stores and retention: the db store's tables, the trash list, pinned checkpoints,
-sample sizes
+sample and sidecar sizes
 
 Revision ID: 0007
 Revises: 0006
@@ -48,6 +48,7 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("pinned", sa.Boolean(), server_default=sa.false(), nullable=False)
         )
+        batch_op.add_column(sa.Column("sidecar_size", sa.BigInteger(), nullable=True))
     with op.batch_alter_table("sample", schema=None) as batch_op:
         batch_op.add_column(sa.Column("size", sa.BigInteger(), nullable=True))
 
@@ -56,6 +57,7 @@ def downgrade() -> None:
     with op.batch_alter_table("sample", schema=None) as batch_op:
         batch_op.drop_column("size")
     with op.batch_alter_table("checkpoint", schema=None) as batch_op:
+        batch_op.drop_column("sidecar_size")
         batch_op.drop_column("pinned")
     op.drop_index(op.f("ix_artifact_trash_delete_after"), table_name="artifact_trash")
     op.drop_table("artifact_trash")
