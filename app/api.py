@@ -24,6 +24,7 @@ from app.db import ReadPool, is_transient, make_engine, make_read_pool
 from app.hostguard import BrowserGuard, HostPolicy
 from app.routes import artifacts, datasets, events, health, jobs, metrics, monitoring, specs
 from app.routes import auth as auth_routes
+from app.routes import retention as retention_routes
 from app.routes import sweeps as sweep_routes
 from app.routes.dataset_preview import router as dataset_preview_router
 from app.settings import Settings, get_settings
@@ -166,6 +167,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         app.include_router(module.router)
     app.include_router(auth_routes.router)
     app.include_router(sweep_routes.router)
+    app.include_router(retention_routes.router)
     app.include_router(dataset_preview_router)
     web.mount(app)
     app.add_middleware(RetryReadOnDisconnect)

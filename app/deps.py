@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.models import Job
@@ -32,6 +33,12 @@ def get_store(request: Request) -> ArtifactStore:
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+
+
+def engine_of(session: Session) -> Engine:
+    """The engine a session's connections come from (for work in transactions of its own)."""
+    bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
 
 
 def job_or_404(session: Session, job_id: str) -> Job:

@@ -68,6 +68,12 @@ class JobOut(BaseModel):
     trial_params: dict[str, Any] | None = Field(None, description="the values the study chose")
     pruned_at: int | None = Field(None, description="the step its sweep's pruner stopped it at")
     prune_rule: str | None = None
+    artifact_bytes: int = Field(
+        0,
+        description="bytes its checkpoints (tensors and sidecars) and samples take in the "
+        "artifact store, from the sizes recorded with them (a size stored before there were "
+        "sizes counts 0)",
+    )
 
 
 class JobPage(BaseModel):

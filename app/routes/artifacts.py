@@ -3,7 +3,8 @@
     GET  /api/jobs/{id}/samples                   {"items": [{id, step, url}]}, by step
     GET  /api/jobs/{id}/samples/{sample_id}       the PNG (inline; ?download=1: attachment)
     GET  /api/jobs/{id}/samples.zip               every sample PNG; 404 while there are none
-    GET  /api/jobs/{id}/checkpoints               {"items": [{step, sha256, size, url, created_at}]}
+    GET  /api/jobs/{id}/checkpoints               {"items": [{step, sha256, size, url, created_at,
+                                                   pinned, best}]}
     GET  /api/jobs/{id}/checkpoints/{step}        the .safetensors file (?part=sidecar: the JSON)
     POST /api/jobs/{id}/generate                  fresh samples from a checkpoint's generator
 
@@ -41,9 +42,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app import retention
 from app.auth import download
-from app.deps import SessionDep, StoreDep, job_or_404
-from app.models import Checkpoint, Sample
+from app.deps import SessionDep, SettingsDep, StoreDep, job_or_404
+from app.models import Checkpoint, Job, Sample
+from app.settings import Settings
 from app.store import ArtifactStore, StoreError
 from trainer.checkpoint import CheckpointError
 from trainer.generate import MAX_GENERATE, GeneratorCache, npy_bytes
@@ -81,6 +84,10 @@ class CheckpointOut(BaseModel):
     size: int
     url: str
     created_at: datetime
+    pinned: bool = Field(description="kept whatever the retention policy says")
+    best: bool = Field(
+        description="the best by the job's retention.best_metric and mode (NaN never is)"
+    )
 
 
 class CheckpointList(BaseModel):
@@ -263,7 +270,7 @@ def _checkpoints(session: Session, job_id: str) -> list[Checkpoint]:
     return list(session.scalars(query))
 
 
-def _checkpoint_at(session: Session, job_id: str, step: int) -> Checkpoint:
+def checkpoint_at(session: Session, job_id: str, step: int) -> Checkpoint:
     row = None
     if 0 <= step <= INT32_MAX:
         query = select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step == step)
@@ -273,22 +280,29 @@ def _checkpoint_at(session: Session, job_id: str, step: int) -> Checkpoint:
     return row
 
 
+def checkpoint_items(session: Session, job: Job, settings: Settings) -> list[CheckpointOut]:
+    """The job's checkpoints as listed, by step, the best one marked (app.retention)."""
+    best = {e.step for e in retention.plan(session, job, settings).entries if e.best}
+    return [
+        CheckpointOut(
+            step=c.step,
+            sha256=c.sha256,
+            size=c.size,
+            url=f"/api/jobs/{job.id}/checkpoints/{c.step}",
+            created_at=c.created_at,
+            pinned=c.pinned,
+            best=c.step in best,
+        )
+        for c in _checkpoints(session, job.id)
+    ]
+
+
 @router.get("/jobs/{job_id}/checkpoints")
-def list_checkpoints(job_id: str, session: SessionDep) -> CheckpointList:
-    """The job's checkpoints, by step."""
-    job_or_404(session, job_id)
-    return CheckpointList(
-        items=[
-            CheckpointOut(
-                step=c.step,
-                sha256=c.sha256,
-                size=c.size,
-                url=f"/api/jobs/{job_id}/checkpoints/{c.step}",
-                created_at=c.created_at,
-            )
-            for c in _checkpoints(session, job_id)
-        ]
-    )
+def list_checkpoints(job_id: str, session: SessionDep, settings: SettingsDep) -> CheckpointList:
+    """The job's checkpoints, by step: `pinned` ones are kept whatever the retention policy
+    says, `best` is the best by the policy's metric."""
+    job = job_or_404(session, job_id)
+    return CheckpointList(items=checkpoint_items(session, job, settings))
 
 
 @router.get(
@@ -313,7 +327,7 @@ def get_checkpoint(
 ) -> Response:
     """Download a checkpoint; headers `X-Checkpoint-SHA256` and `Repr-Digest` carry its hash."""
     job_or_404(session, job_id)
-    row = _checkpoint_at(session, job_id, step)
+    row = checkpoint_at(session, job_id, step)
     headers = {"X-Checkpoint-SHA256": row.sha256, "X-Checkpoint-Step": str(row.step)}
     stem = f"{job_id}-step_{row.step:06d}"
     if part == "sidecar":
@@ -392,7 +406,7 @@ def _generate(
 def _pick_checkpoint(session: Session, job_id: str, step: int | None) -> Checkpoint:
     job_or_404(session, job_id)
     if step is not None:
-        return _checkpoint_at(session, job_id, step)
+        return checkpoint_at(session, job_id, step)
     row = session.scalar(
         select(Checkpoint)
         .where(Checkpoint.job_id == job_id)

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker, undefer
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import SessionDep, job_or_404
@@ -61,7 +61,7 @@ class _Cursor:
 def _poll(factory: sessionmaker[Session], job_id: str, cursor: _Cursor) -> dict[str, Any]:
     """One look at the database: the job, new metric points, new samples."""
     with factory() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, options=[undefer(Job.artifact_bytes)])
         if job is None:
             return {"job": None}
         rows = session.execute(

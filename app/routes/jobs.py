@@ -14,12 +14,20 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, CursorResult, Engine, bindparam, delete, select, tuple_, update
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
-from app import jobs, queue
+from app import jobs, queue, retention
 from app.auth import CallerDep
 from app.db import ReadPool
-from app.deps import SessionDep, SettingsDep, StoreDep, field_error, job_or_404, unprocessable
+from app.deps import (
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    engine_of,
+    field_error,
+    job_or_404,
+    unprocessable,
+)
 from app.models import FINISHED, JOB_STATUSES, Job, JobStatus, JobTag
 from app.schemas import JobCreate, JobOut, JobPage
 from app.speccheck import service_problems
@@ -85,7 +93,11 @@ def list_jobs(
     """Jobs, newest first; `next_cursor` pages on."""
     if status is not None and status not in JOB_STATUSES:
         raise unprocessable("status", f"must be one of {', '.join(JOB_STATUSES)}", where="query")
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
+    query = (
+        select(Job)
+        .options(undefer(Job.artifact_bytes))
+        .order_by(Job.created_at.desc(), Job.id.desc())
+    )
     if status is not None:
         query = query.where(Job.status == status)
     if tag is not None:
@@ -105,7 +117,7 @@ def list_jobs(
 # GET /api/jobs/{id}: JobOut's columns and the tags, one row per tag (one row when none).
 _JOB_FIELDS = [c for c in Job.__table__.c if c.key in JobOut.model_fields]
 _ONE_JOB = (
-    select(*_JOB_FIELDS, JobTag.tag)
+    select(*_JOB_FIELDS, Job.artifact_bytes.label("artifact_bytes"), JobTag.tag)
     .outerjoin(JobTag, JobTag.job_id == Job.id)
     .where(Job.id == bindparam("job_id"))
     .order_by(JobTag.position)
@@ -192,6 +204,7 @@ def delete_job(job_id: str, session: SessionDep, store: StoreDep) -> Response:
             409, f"job {job_id} is {status}; cancel it first (only a finished job is deleted)"
         )
     store.delete_job(job_id)
+    retention.collect_quietly(engine_of(session), store)  # checkpoints deleted earlier, now due
     return Response(status_code=204)
 
 

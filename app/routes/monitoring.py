@@ -6,6 +6,9 @@ ganforge_job_steps_per_second{job_id="..."}      latest perf/steps_per_s of runn
 ganforge_job_step{job_id="..."}                  step reached by running jobs
 ganforge_devices{host="...",state="free"}        GPUs of each worker host: free or busy
 ganforge_device_busy{host="...",device="0"}      1 while a job holds the device, else 0
+ganforge_artifact_bytes{kind="checkpoint"}       bytes in the artifact store by kind:
+                                                 checkpoint (tensors and sidecars), sample,
+                                                 dataset (from the sizes recorded in the rows)
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from app import queue
 from app.deps import SessionDep, SettingsDep
 from app.devices import device_report, largest_worker
 from app.models import JOB_STATUSES, Job, JobStatus, MetricPoint, utcnow
+from app.retention import stored_bytes
 from app.settings import Settings
 
 router = APIRouter()
@@ -46,6 +50,15 @@ class ServiceCollector(Collector):
         yield jobs
 
         yield from self._devices()
+
+        stored = GaugeMetricFamily(
+            "ganforge_artifact_bytes",
+            "Bytes in the artifact store by kind (checkpoint, sample, dataset).",
+            labels=["kind"],
+        )
+        for kind, size in stored_bytes(self.session.connection()).items():
+            stored.add_metric([kind], float(size))
+        yield stored
 
         depth = GaugeMetricFamily(
             "ganforge_queue_depth", "Job ids waiting on the broker, per queue.", labels=["queue"]

@@ -11,6 +11,8 @@
   const { el, fmt } = gf;
 
   const FINISHED = ["succeeded", "failed", "cancelled"];
+  // A job that may still run (app.models.ACTIVE): its newest checkpoint cannot be deleted.
+  const ACTIVE = ["queued", "running", "cancelling"];
   const MAX_POINTS = 2000;
   // A live series longer than this is fetched again, downsampled by the server.
   const REFETCH_ABOVE = 4 * MAX_POINTS;
@@ -49,6 +51,7 @@
     samples: [], // {id, step, url}, by step
     sampleId: null, // the sample on show; null: follow the latest
     checkpoints: [],
+    retention: null, // GET /api/jobs/{id}/retention: the policy in force
     source: null,
     timer: null,
     refetchTimer: null,
@@ -486,12 +489,78 @@
 
   async function loadCheckpoints() {
     try {
-      const body = await gf.api(`/api/jobs/${jobId}/checkpoints`);
+      const [body, plan] = await Promise.all([
+        gf.api(`/api/jobs/${jobId}/checkpoints`),
+        gf.api(`/api/jobs/${jobId}/retention`),
+      ]);
       state.checkpoints = body.items;
+      state.retention = plan;
       renderCheckpoints();
     } catch (err) {
       gf.toast(`checkpoints: ${err.message}`);
     }
+  }
+
+  /** One line on the policy in force and what the checkpoints take. */
+  function renderRetention() {
+    const note = $("retention-note");
+    const plan = state.retention;
+    note.hidden = !plan || state.checkpoints.length === 0;
+    if (note.hidden) return;
+    const p = plan.policy;
+    const parts = [];
+    if (p.keep_last) parts.push(`the last ${p.keep_last}`);
+    if (p.keep_best) parts.push(`the best ${p.keep_best} by ${p.best_metric} (${p.mode})`);
+    const policy = p.keeps_everything
+      ? "Retention keeps every checkpoint."
+      : `Retention keeps ${parts.join(" and ")}, the newest and pinned ones.`;
+    note.textContent = `${policy} Stored: ${bytes(plan.bytes_kept + plan.bytes_deleted)}.`;
+  }
+
+  /** Pin or unpin a checkpoint (pinned ones are kept whatever the policy says). */
+  async function togglePin(c, button) {
+    button.disabled = true;
+    try {
+      await gf.api(`${c.url}/pin`, { method: c.pinned ? "DELETE" : "POST" });
+      gf.toast(c.pinned ? `Step ${c.step} unpinned` : `Step ${c.step} pinned: kept forever`);
+    } catch (err) {
+      gf.toast(`pin: ${err.message}`, 6000);
+    }
+    await loadCheckpoints();
+  }
+
+  async function deleteCheckpoint(c, button) {
+    if (!window.confirm(`Delete the checkpoint of step ${c.step.toLocaleString()} (${bytes(c.size)})? This cannot be undone.`)) return;
+    button.disabled = true;
+    try {
+      await gf.api(c.url, { method: "DELETE" });
+      gf.toast(`Checkpoint of step ${c.step} deleted`);
+    } catch (err) {
+      gf.toast(`delete: ${err.message}`, 6000);
+    }
+    await loadCheckpoints();
+  }
+
+  /** The newest checkpoint of an unfinished job stays: the job resumes from it. */
+  function deleteRefusal(c, newest) {
+    if (c.pinned) return "Pinned: unpin it to delete it";
+    if (c.step === newest && ACTIVE.includes(state.job && state.job.status)) {
+      return "The newest checkpoint of an unfinished job: it resumes from it";
+    }
+    return null;
+  }
+
+  function checkpointActions(c, newest) {
+    const refusal = deleteRefusal(c, newest);
+    const pin = el("button", { type: "button", class: "pin", "aria-pressed": c.pinned ? "true" : "false",
+      "aria-label": `${c.pinned ? "Unpin" : "Pin"} the checkpoint of step ${c.step}`,
+      title: c.pinned ? "Put it back under the retention policy" : "Keep it whatever the retention policy says",
+      text: c.pinned ? "Unpin" : "Pin" });
+    pin.addEventListener("click", () => togglePin(c, pin));
+    const remove = el("button", { type: "button", class: "danger delete", disabled: Boolean(refusal),
+      title: refusal || "Delete this checkpoint", "aria-label": `Delete the checkpoint of step ${c.step}`, text: "Delete" });
+    remove.addEventListener("click", () => deleteCheckpoint(c, remove));
+    return [pin, remove];
   }
 
   /** While running: look again once the step passes the next checkpoint interval. */
@@ -506,17 +575,22 @@
     const items = state.checkpoints;
     $("checkpoints-empty").hidden = items.length > 0;
     $("checkpoints-wrap").hidden = items.length === 0;
-    $("checkpoints").tBodies[0].replaceChildren(...items.slice().reverse().map((c) => el("tr", {},
-      el("td", { class: "num", text: c.step.toLocaleString() }),
-      el("td", { class: "num", text: bytes(c.size) }),
+    const newest = items.length ? items[items.length - 1].step : null;
+    $("checkpoints").tBodies[0].replaceChildren(...items.slice().reverse().map((c) => el("tr", { "data-step": String(c.step) },
+      el("td", { class: "num" }, c.step.toLocaleString(),
+        c.best ? el("span", { class: "badge best", title: `The best by ${state.retention ? state.retention.policy.best_metric : "the metric"}`, text: "best" }) : null,
+        c.pinned ? el("span", { class: "badge pinned", text: "pinned" }) : null),
+      el("td", { class: "num size", text: bytes(c.size) }),
       el("td", {}, el("code", { title: c.sha256, text: `${c.sha256.slice(0, 12)}…` })),
       el("td", { class: "actions" },
         el("a", { href: c.url, "data-download": true, download: `${jobId}-step_${String(c.step).padStart(6, "0")}.safetensors`,
           "aria-label": `Download the checkpoint of step ${c.step}`, text: "Download" }),
         " ",
         el("a", { href: `${c.url}?part=sidecar`, class: "muted small", "data-download": true,
-          "aria-label": `Download the JSON sidecar of step ${c.step}`, text: "sidecar" })),
+          "aria-label": `Download the JSON sidecar of step ${c.step}`, text: "sidecar" }),
+        ...checkpointActions(c, newest)),
     )));
+    renderRetention();
     const select = $("gen-step");
     const chosen = select.value;
     select.replaceChildren(
