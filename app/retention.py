@@ -356,7 +356,7 @@ def _listed(conn: Connection, path: str) -> bool:
         tensors = path
     ckpt = select(Checkpoint.id).where(or_(Checkpoint.path == path, Checkpoint.path == tensors))
     sample = select(Sample.id).where(Sample.path == path)
-    return conn.execute(ckpt.limit(1).union_all(sample.limit(1))).first() is not None
+    return bool(conn.scalar(select(or_(ckpt.exists(), sample.exists()))))
 
 
 def _shares_sqlite(conn: Connection, store: ArtifactStore) -> bool:

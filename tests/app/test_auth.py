@@ -141,8 +141,12 @@ def test_every_write_and_download_is_refused_without_a_good_token(
         ("get", "/api/jobs/{job_id}/samples.zip"),
         ("get", "/api/jobs/{job_id}/samples/{sample_id}"),
         ("get", "/api/jobs/{job_id}/checkpoints/{step}"),
+        ("post", "/api/jobs/{job_id}/checkpoints/{step}/pin"),
+        ("delete", "/api/jobs/{job_id}/checkpoints/{step}/pin"),
+        ("delete", "/api/jobs/{job_id}/checkpoints/{step}"),
     } <= protected
     assert ("get", "/api/jobs/{job_id}/metrics") not in protected
+    assert ("get", "/api/jobs/{job_id}/retention") not in protected  # a read, JSON
 
     # Before any token exists the service is open: nothing answers 401.
     for method, path, _ in ops:

@@ -113,6 +113,7 @@ def requests_for(s: Seeded) -> dict[tuple[str, str], dict[str, Any]]:
             "expect": 200,
         },
         ("GET", "/api/jobs/{job_id}/events"): {"url": f"{job}/events", "expect": 200},
+        ("GET", "/api/jobs/{job_id}/retention"): {"url": f"{job}/retention", "expect": 200},
         ("GET", "/api/datasets"): {"expect": 200},
         ("GET", "/api/datasets/{dataset_id}"): {"url": f"/api/datasets/{s.dataset}", "expect": 200},
         ("GET", "/api/datasets/{dataset_id}/preview.png"): {
@@ -149,6 +150,19 @@ def requests_for(s: Seeded) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/api/jobs/{job_id}/resume"): {
             "url": f"/api/jobs/{s.queued}/resume",
             "expect": 200,
+        },
+        ("POST", "/api/jobs/{job_id}/checkpoints/{step}/pin"): {
+            "url": f"{job}/checkpoints/{s.step}/pin",
+            "expect": 200,
+        },
+        ("DELETE", "/api/jobs/{job_id}/checkpoints/{step}/pin"): {
+            "url": f"{job}/checkpoints/{s.step}/pin",
+            "expect": 200,
+        },
+        # The finished job's newest checkpoint (after generate, which uses it).
+        ("DELETE", "/api/jobs/{job_id}/checkpoints/{step}"): {
+            "url": f"{job}/checkpoints/{s.step}",
+            "expect": 204,
         },
         ("DELETE", "/api/datasets/{dataset_id}"): {
             "url": f"/api/datasets/{s.dataset}",
