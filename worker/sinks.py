@@ -151,7 +151,11 @@ class StoreCheckpoints(_LeasedSink):
         tensors = f"{folder}/step_{checkpoint.step:06d}.safetensors"
         # A deleted checkpoint's files may still wait in the trash (a resumed job writing a
         # step again): forget them first, so a collection cannot take the new ones.
-        untrash(self.engine, [tensors, self.store.sidecar_path(tensors)])
+        retry_transient(
+            lambda: untrash(self.engine, [tensors, self.store.sidecar_path(tensors)]),
+            within=self.retry_for,
+            what=f"job {self.job_id}: untrash",
+        )
         path, _ = self.store.write_checkpoint(folder, checkpoint)  # files first, as samples
         record = CheckpointRecord(checkpoint.step, checkpoint.sha256, len(checkpoint.data), path)
         sidecar_size = len(checkpoint.sidecar_json.encode())
