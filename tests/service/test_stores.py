@@ -53,7 +53,8 @@ def _store_env(kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
 def store_service(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Service]:
     kind, backend = request.param.split("+", 1)
     workdir = tmp_path_factory.mktemp(f"store-{request.param.replace('+', '-')}")
-    with running_service(workdir, backend, env_overrides=_store_env(kind, request)) as service:
+    env = {**_store_env(kind, request), "GANFORGE_DELETE_GRACE_SECONDS": "0"}
+    with running_service(workdir, backend, env_overrides=env) as service:
         yield service
 
 
@@ -128,6 +129,38 @@ def _train_on_an_upload(service: Service, client) -> None:  # type: ignore[no-un
     assert store.exists(f"datasets/{dataset_id}.npy")
     assert client.delete(f"/api/datasets/{dataset_id}").status_code == 204
     assert not store.exists(f"datasets/{dataset_id}.npy")
+    store.close()
+
+
+def test_retention_and_manual_deletes_empty_the_store(store_service: Service) -> None:
+    """keep_last 1 on a job of 4 checkpoints: the worker deletes the older three from the store
+    (the grace period is 0 here), the pinned one stays; a DELETE removes a file too."""
+    service = store_service
+    store = _store_of(service)
+    spec = tiny_spec(steps=80, every={"metrics": 5, "samples": 0, "checkpoint": 20, "eval": 0})
+    with service.client() as client:
+        job_id = client.post(
+            "/api/jobs", json={"spec": {**spec, "retention": {"keep_last": 1}}}
+        ).json()["id"]
+        job = service.wait_for(job_id, ("succeeded", "failed"))
+        assert job["status"] == "succeeded", job
+        items = client.get(f"/api/jobs/{job_id}/checkpoints").json()["items"]
+        assert [c["step"] for c in items] == [80]
+        folder = f"jobs/{job_id}/checkpoints"
+        assert [p for p, _ in store.list(folder)] == [
+            f"{folder}/step_000080.json",
+            f"{folder}/step_000080.safetensors",
+        ]
+        assert job["artifact_bytes"] == sum(size for _, size in store.list(f"jobs/{job_id}"))
+        other = client.post("/api/jobs", json={"spec": spec}).json()["id"]
+        assert service.wait_for(other, ("succeeded", "failed"))["status"] == "succeeded"
+        assert client.post(f"/api/jobs/{other}/checkpoints/20/pin").status_code == 200
+        assert client.delete(f"/api/jobs/{other}/checkpoints/40").status_code == 204
+        assert client.delete(f"/api/jobs/{other}/checkpoints/20").status_code == 409  # pinned
+        plan = client.get(f"/api/jobs/{other}/retention").json()
+        assert [c["step"] for c in plan["items"]] == [20, 60, 80]
+        assert not store.exists(f"jobs/{other}/checkpoints/step_000040.safetensors")
+        assert store.exists(f"jobs/{other}/checkpoints/step_000020.safetensors")
     store.close()
 
 
