@@ -33,6 +33,7 @@ every worker's reconciler pass collects the trash, and so does the API after a d
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -121,15 +122,9 @@ class Stored:
 
 
 @dataclass(frozen=True)
-class Entry:
+class Entry(Stored):
     """One checkpoint in a plan: kept or deleted, and why."""
 
-    step: int
-    path: str
-    size: int
-    sidecar_size: int | None
-    pinned: bool
-    value: float | None
     keep: bool
     reasons: tuple[str, ...]
     best: bool  # the best by the policy's metric (whether or not keep_best keeps it)
@@ -202,12 +197,7 @@ def decide(policy: Policy, rows: Sequence[Stored]) -> tuple[Entry, ...]:
         keep = bool(reasons)
         entries.append(
             Entry(
-                step=row.step,
-                path=row.path,
-                size=row.size,
-                sidecar_size=row.sidecar_size,
-                pinned=row.pinned,
-                value=_finite(row.value),
+                **{**dataclasses.asdict(row), "value": _finite(row.value)},
                 keep=keep,
                 reasons=tuple(reasons) if keep else ("outside the policy",),
                 best=row.step == top,

@@ -220,16 +220,8 @@ class FileStore(ArtifactStore):
                 return
             except OSError:
                 pass  # another disk: copy below
-        fd, tmp = tempfile.mkstemp(prefix=f".{full.name}.", suffix=".tmp", dir=full.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, Path(source).open("rb") as src:
-                shutil.copyfileobj(src, out, CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, full)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with Path(source).open("rb") as src:
+            atomic_write(full, iter(lambda: src.read(CHUNK), b""))
 
     def size(self, relative: str) -> int | None:
         try:

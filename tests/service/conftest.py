@@ -43,7 +43,7 @@ class Service:
     url: str
     env: dict[str, str]
     workdir: Path
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | None  # None: processes the test runs itself
     log: Path
 
     def client(self) -> httpx2.Client:
@@ -179,7 +179,7 @@ def service(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Servic
 def _wait_healthy(service: Service, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if service.process.poll() is not None:
+        if service.process is not None and service.process.poll() is not None:
             break
         try:
             if httpx2.get(service.url + "/api/health", timeout=2).status_code == 200:

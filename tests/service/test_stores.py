@@ -34,6 +34,7 @@ from tests.service.conftest import (
     Service,
     _free_port,
     _redis_url,
+    _wait_healthy,
     running_service,
     tiny_spec,
 )
@@ -244,25 +245,11 @@ def test_a_job_resumes_on_another_worker_host_with_no_shared_folder(
                 )
             )
             workers[pid] = name
-        service = Service(f"http://127.0.0.1:{port}", base, tmp_path, None, tmp_path / "api.log")  # type: ignore[arg-type]
-        _wait_healthy_api(service)
+        service = Service(f"http://127.0.0.1:{port}", base, tmp_path, None, tmp_path / "api.log")
+        _wait_healthy(service)
         _kill_the_first_host_and_resume(service, database_url, workers, tmp_path)
     for name in ("api-host", "host-a", "host-b"):
         assert not (tmp_path / name / "artifacts" / "jobs").exists(), name
-
-
-def _wait_healthy_api(service: Service, timeout: float = 60) -> None:
-    import httpx2
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx2.get(service.url + "/api/health", timeout=2).status_code == 200:
-                return
-        except httpx2.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the API did not come up:\n" + service.log.read_text()[-3000:])
 
 
 def _kill_the_first_host_and_resume(
