@@ -514,7 +514,10 @@
     const policy = p.keeps_everything
       ? "Retention keeps every checkpoint."
       : `Retention keeps ${parts.join(" and ")}, the newest and pinned ones.`;
-    note.textContent = `${policy} Stored: ${bytes(plan.bytes_kept + plan.bytes_deleted)}.`;
+    const total = state.job && state.job.artifact_bytes != null
+      ? `; with the samples, ${bytes(state.job.artifact_bytes)} in all`
+      : "";
+    note.textContent = `${policy} Checkpoints stored: ${bytes(plan.bytes_kept + plan.bytes_deleted)}${total}.`;
   }
 
   /** Pin or unpin a checkpoint (pinned ones are kept whatever the policy says). */
