@@ -328,6 +328,7 @@
         height: CHART_HEIGHT,
         xLabel: param,
         yLabel: sweep.objective.metric,
+        yAxis: { size: 72 }, // room for tick labels such as 8.00e-4 beside the axis label
         series: groups.map((g) => ({ label: g.label, color: g.color, scatter: true, size: g.size })),
       };
       const y = { range: (u, min, max) => pad(min, max) };
