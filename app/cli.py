@@ -56,7 +56,9 @@ def upgrade_database(revision: str = "head") -> None:
     except (SQLAlchemyError, CommandError) as exc:
         typer.echo(f"error: database: {first_line(exc)}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"database at revision {revision}: {_redacted(url)}")
+    from app.logs import echo
+
+    echo(f"database at revision {revision}: {_redacted(url)}")
 
 
 @token.command("create")
@@ -198,11 +200,16 @@ def api(
     """Serve the REST API (OpenAPI docs at /docs) on GANFORGE_DATABASE_URL."""
     import uvicorn
 
+    from app.logs import setup_logging, uvicorn_log_config
+
+    setup_logging()
     if migrate:
         upgrade_database("head")
     refuse_exposure(host, insecure)
     serve_own_names(host)
-    uvicorn.run("app.api:create_app", factory=True, host=host, port=port)
+    uvicorn.run(
+        "app.api:create_app", factory=True, host=host, port=port, log_config=uvicorn_log_config()
+    )
 
 
 GPUS_HELP = (
@@ -224,6 +231,9 @@ def worker(
     loglevel: str = typer.Option("info", help="Celery log level"),
 ) -> None:
     """A Celery worker process: runs one job at a time on its GPUs (or the CPU)."""
+    from app.logs import echo, setup_logging
+
+    setup_logging()  # until Celery sets up its logging (worker.celery_app takes it over)
     import torch
 
     if threads > 0:
@@ -248,7 +258,7 @@ def worker(
     if not queues:
         queues = ",".join(worker_queues(settings, len(devices)))
     simulated = " (simulated)" if devices and settings.simulate_gpus else ""
-    typer.echo(
+    echo(
         f"worker {node.id}: GPUs {','.join(devices) or 'none'}{simulated}; queues {queues}",
         err=True,
     )
@@ -286,8 +296,10 @@ def up(
     Uses GANFORGE_DATABASE_URL and GANFORGE_BROKER_URL; by default SQLite and an embedded
     broker under ./var, so no server is needed.
     """
+    from app.logs import setup_logging
     from app.supervisor import run
 
+    setup_logging()
     lists = gpus or []
     if len(lists) > 1:
         if workers not in (1, len(lists)):

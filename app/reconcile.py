@@ -71,6 +71,8 @@ def reconcile(engine: Engine, settings: Settings, store: ArtifactStore | None = 
             report.failed.append(job_id)
         elif status in (JobStatus.CANCELLED, JobStatus.PRUNED):
             report.cancelled.append(job_id)
+        if status is not None:
+            _log_expired(job_id, status)
 
     _resend_missing(engine, settings, report, now)
     if store is not None:
@@ -81,6 +83,24 @@ def reconcile(engine: Engine, settings: Settings, store: ArtifactStore | None = 
     if report:
         log.warning("reconciled: %s", report)
     return report
+
+
+def _log_expired(job_id: str, status: str) -> None:
+    """The lifecycle line of a job whose lease the reconciler found expired."""
+    why = "its lease expired: its worker stopped heartbeating"
+    if status == JobStatus.QUEUED:
+        event, fields = "requeued", {"reason": why}
+    elif status == JobStatus.FAILED:
+        event, fields = "failed", {"status": status, "reason": f"{why}, attempts used up"}
+    else:
+        event, fields = "finished", {"status": status, "reason": why}
+    log.info(
+        "job %s %s: %s",
+        job_id,
+        status,
+        fields["reason"],
+        extra={"event": event, "job_id": job_id, **fields},
+    )
 
 
 def _resend_missing(engine: Engine, settings: Settings, report: Report, now: datetime) -> None:

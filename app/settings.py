@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # 127.0.0.1 and [::1], comma-separated (`gan.example.com`, `*.example.com`; `*` only with
     # tokens on). `ganforge api|up --host ADDR` adds the names it is reached by itself.
     allowed_hosts: str = ""
+    # Logs of the API, workers, job processes and `ganforge up` (app/logs.py): readable
+    # `text`, or `json`, one object per line (time, level, logger, message, job_id) for a
+    # log collector.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("api_tokens")
     @classmethod

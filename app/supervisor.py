@@ -6,6 +6,7 @@ all: workers checkpoint their job and put it back on the queue, then everything 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx2
+
+from app.logs import Say, to_log
 
 STOP_GRACE_SECONDS = 30.0
 RESTARTS_PER_MINUTE = 5
@@ -53,6 +56,7 @@ def run(
     """Supervise the API and `workers` workers (worker i with `--gpus gpus[i]` when given)
     until SIGINT or SIGTERM; the exit status. The caller has run the migrations and checked
     the exposure (`ganforge up`)."""
+    say = to_log(echo, "ganforge.supervisor")  # GANFORGE_LOG_FORMAT=json: JSON lines
     children = _children(host=host, port=port, workers=workers, threads=threads, gpus=gpus)
     stop = _StopRequest()
     for child in children:
@@ -62,13 +66,13 @@ def run(
     code = 0
     while not stop.requested:
         if not announced and _healthy(url):
-            echo(f"ganforge is up: dashboard {url}/  (API docs {url}/docs; Ctrl-C stops)")
+            say(f"ganforge is up: dashboard {url}/  (API docs {url}/docs; Ctrl-C stops)", url=url)
             announced = True
-        if not all(_restart_if_exited(child, echo) for child in children if not stop.requested):
+        if not all(_restart_if_exited(child, say) for child in children if not stop.requested):
             code = 1
             break
         time.sleep(0.25)
-    echo("stopping: workers checkpoint their jobs and requeue them ...")
+    say("stopping: workers checkpoint their jobs and requeue them ...")
     _stop(children)
     return code
 
@@ -102,7 +106,7 @@ class _StopRequest:
         self.requested = True
 
 
-def _restart_if_exited(child: Child, echo: Callable[[str], None]) -> bool:
+def _restart_if_exited(child: Child, say: Say) -> bool:
     """Restart a child that exited; False when it keeps exiting (5 times in a minute)."""
     status = child.poll()
     if status is None:
@@ -111,9 +115,14 @@ def _restart_if_exited(child: Child, echo: Callable[[str], None]) -> bool:
     while child.restarts and now - child.restarts[0] > 60:
         child.restarts.popleft()
     if len(child.restarts) >= RESTARTS_PER_MINUTE:
-        echo(f"error: {child.name} keeps exiting (status {status}); stopping")
+        say(f"error: {child.name} keeps exiting (status {status}); stopping", child=child.name)
         return False
-    echo(f"{child.name} exited with status {status}; restarting it")
+    say(
+        f"{child.name} exited with status {status}; restarting it",
+        logging.WARNING,
+        child=child.name,
+        exit_status=status,
+    )
     child.restarts.append(now)
     child.start()
     return True

@@ -16,11 +16,19 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    celeryd_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 from sqlalchemy import Engine, select, update
 
 from app import jobs
 from app.db import is_transient, make_engine
+from app.logs import log_format, take_over
 from app.models import Job, utcnow
 from app.queue import RUN_JOB, make_celery, queue_name, send
 from app.reconcile import reconcile
@@ -57,6 +65,18 @@ def node() -> Node:
         configure(Node.here(get_settings(), ()))
     assert _node is not None
     return _node
+
+
+@after_setup_logger.connect  # type: ignore[untyped-decorator]
+@after_setup_task_logger.connect  # type: ignore[untyped-decorator]
+def _our_log_format(logger: logging.Logger, loglevel: int, **_kwargs: Any) -> None:
+    take_over(logger, loglevel)  # GANFORGE_LOG_FORMAT=json: Celery's lines as JSON too
+
+
+@celeryd_init.connect  # type: ignore[untyped-decorator]
+def _no_banner_in_json(instance: Any, **_kwargs: Any) -> None:
+    if log_format() == "json":
+        instance.quiet = True  # Celery prints its banner straight to stdout, not a log line
 
 
 @worker_shutting_down.connect  # type: ignore[untyped-decorator]

@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 import torch
 from sqlalchemy import Engine
 
+from app.logs import bind_job_id, setup_logging
 from app.models import JobStatus
 from app.store import ArtifactStore
 from trainer.processes import follow_parent, forkserver_context
@@ -116,9 +117,8 @@ def _job_main(
     # The worker decides when to stop (SIGTERM, Ctrl-C, cancel) and tells this process
     # through `state.stop`; if the worker dies, this process goes with it.
     follow_parent()
-    logging.basicConfig(
-        level=logging.INFO, format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
-    )
+    setup_logging()
+    bind_job_id(job_id)  # this process handles this one job: every record carries its id
     torch.set_num_threads(threads)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     log.info(

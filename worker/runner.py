@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 
 from app import devices, jobs, retention
 from app.db import is_transient, retry_transient
+from app.logs import job_context
 from app.models import FINISHED, JobStatus
 from app.store import ArtifactStore
 from trainer.errors import first_line
@@ -56,6 +57,7 @@ class Heartbeat(threading.Thread):
         self.engine, self.job_id, self.owner, self.state = engine, job_id, owner, state
         self.lease = lease
         self.done = threading.Event()
+        self.tag = {"job_id": job_id}  # its records' job id (a thread has its own context)
 
     def beat(self) -> None:
         with self.engine.begin() as conn:
@@ -72,17 +74,20 @@ class Heartbeat(threading.Thread):
                 self.beat()
             except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the lease is 60 s
                 if not is_transient(exc):
-                    log.exception("heartbeat of job %s failed", self.job_id)
+                    log.exception("heartbeat of job %s failed", self.job_id, extra=self.tag)
                 elif not failing:
                     log.warning(
                         "heartbeat of job %s: database unreachable, retrying: %s",
                         self.job_id,
                         first_line(exc),
+                        extra=self.tag,
                     )
                 failing = True
             else:
                 if failing:
-                    log.info("heartbeat of job %s: database reachable again", self.job_id)
+                    log.info(
+                        "heartbeat of job %s: database reachable again", self.job_id, extra=self.tag
+                    )
                 failing = False
 
 
@@ -117,30 +122,57 @@ def run_job(
     job_id = claim.job_id
     if claimed is not None:
         claimed(job_id)
-    where = f" on devices {','.join(claim.devices)}" if isinstance(claim, Claim) else ""
-    log.info("job %s claimed by %s%s (message for job %s)", job_id, owner, where, message)
-    if isinstance(claim, Unfit):
-        step, outcome = None, Outcome(JobStatus.FAILED, claim.error)
-    else:
-        step, outcome = _train_claimed(
-            claim,
-            engine=engine,
-            store=store,
-            owner=owner,
-            lease=lease,
-            node=node,
-            shutting_down=shutting_down,
+    with job_context(job_id):  # every record meanwhile carries the job id
+        _log_claimed(claim, owner, message)
+        if isinstance(claim, Unfit):
+            step, outcome = None, Outcome(JobStatus.FAILED, claim.error)
+        else:
+            step, outcome = _train_claimed(
+                claim,
+                engine=engine,
+                store=store,
+                owner=owner,
+                lease=lease,
+                node=node,
+                shutting_down=shutting_down,
+            )
+        ending = retry_transient(
+            lambda: _record(engine, job_id, owner, step, outcome),
+            within=lease.total_seconds(),
+            what=f"job {job_id}: finish",
         )
-    ending = retry_transient(
-        lambda: _record(engine, job_id, owner, step, outcome),
-        within=lease.total_seconds(),
-        what=f"job {job_id}: finish",
+        error = f": {outcome.error}" if outcome.error else ""
+        log.info(
+            "job %s %s at step %s%s", job_id, ending, step, error, extra=_ended(ending, outcome)
+        )
+        if ending in FINISHED:  # succeeded, failed, cancelled, pruned: the policy's last pass
+            retention.apply_quietly(engine, store, job_id)
+        return ending
+
+
+def _log_claimed(claim: Claim | Unfit, owner: str, message: str) -> None:
+    """The lifecycle line of a claim (once per claimed job)."""
+    held = claim.devices if isinstance(claim, Claim) else []
+    where = f" on devices {','.join(claim.devices)}" if isinstance(claim, Claim) else ""
+    log.info(
+        "job %s claimed by %s%s (message for job %s)",
+        claim.job_id,
+        owner,
+        where,
+        message,
+        extra={"event": "claimed", "job_id": claim.job_id, "worker": owner, "devices": held},
     )
-    error = f": {outcome.error}" if outcome.error else ""
-    log.info("job %s %s at step %s%s", job_id, ending, step, error)
-    if ending in FINISHED:  # succeeded, failed, cancelled, pruned: the policy's last pass
-        retention.apply_quietly(engine, store, job_id)
-    return ending
+
+
+def _ended(ending: RunResult, outcome: Outcome) -> dict[str, object]:
+    """The lifecycle fields of the line that says how a claimed job's attempt ended."""
+    if ending is Stopped.REQUEUED:
+        return {"event": "requeued", "reason": "the worker is stopping", "status": "queued"}
+    if ending is Stopped.LOST:
+        return {"event": "lost", "reason": "its lease went to another worker"}
+    if ending == JobStatus.FAILED:
+        return {"event": "failed", "status": str(ending), "reason": outcome.error}
+    return {"event": "finished", "status": str(ending)}
 
 
 def _train_claimed(

@@ -9,6 +9,7 @@ while training waits.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from trainer.checkpoint import Checkpoint, CheckpointRecord
 from trainer.sinks import Sinks
 
 T = TypeVar("T")
+log = logging.getLogger("ganforge.worker")
 RETRY_FOR = LEASE.total_seconds()
 
 
@@ -179,6 +181,12 @@ class StoreCheckpoints(_LeasedSink):
             return record
 
         self._write(body)
+        log.info(
+            "job %s checkpointed at step %s",
+            self.job_id,
+            record.step,
+            extra={"event": "checkpointed", "job_id": self.job_id, "step": record.step},
+        )
         if self.after_write is not None:
             self.after_write(record.step)
         return record
