@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.api import create_app
@@ -82,4 +82,12 @@ def client(database_url: str, tmp_path) -> Iterator[TestClient]:
     )
     with TestClient(create_app(settings, engine), base_url="http://localhost") as test_client:
         yield test_client
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on the test's migrated database (`database_url`)."""
+    engine = make_engine(database_url)
+    yield engine
     engine.dispose()

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from app.db import make_engine
 from app.downsample import downsample
 from app.metricstore import insert_points, metric_names, read_series
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

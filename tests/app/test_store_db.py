@@ -15,17 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from app.db import make_engine
 from app.models import ArtifactChunk, ArtifactFile
 from app.store import ArtifactMissing, StoreError
 from app.store_db import CHUNK, DatabaseStore
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
