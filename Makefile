@@ -46,14 +46,17 @@ run: setup
 train: setup
 	$(VENV)/bin/ganforge train examples/default.yaml --out $(RUN_DIR) --overwrite
 
-# Browser tests drive Debian's Chromium; as root with apt-get, install it when missing.
+# Browser tests drive Debian's Chromium; the /metrics tests use Debian's Prometheus server and
+# its promtool. As root with apt-get, install them when missing.
 CHROMIUM ?= /usr/bin/chromium
+PROMETHEUS ?= /usr/bin/prometheus
 browser:
-	@test -x $(CHROMIUM) || { \
+	@test -x $(CHROMIUM) -a -x $(PROMETHEUS) || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y -q chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }; \
-	  else echo "note: $(CHROMIUM) is missing; browser tests skip (CI=true fails them)"; fi; }
+	    apt-get install -y -q chromium prometheus >/dev/null \
+	      || { apt-get update -q && apt-get install -y -q chromium prometheus; }; \
+	  else echo "note: $(CHROMIUM) or $(PROMETHEUS) is missing; their tests skip (CI=true fails them)"; fi; }
 
 test: setup browser
 	$(VENV)/bin/ruff check .

@@ -22,6 +22,7 @@ from app import web
 from app.auth import authorize
 from app.db import ReadPool, is_transient, make_engine, make_read_pool
 from app.hostguard import BrowserGuard, HostPolicy
+from app.http_metrics import HttpMetrics, RecordHttpMetrics
 from app.routes import artifacts, datasets, events, health, jobs, metrics, monitoring, specs
 from app.routes import auth as auth_routes
 from app.routes import retention as retention_routes
@@ -176,6 +177,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         policy=HostPolicy.parse(settings.allowed_hosts),
         tokens_on=_tokens_on(app.state.sessions, app.state.env_tokens),
     )
+    # Outermost: the requests the guard refuses are counted too.
+    app.state.http_metrics = HttpMetrics()
+    app.add_middleware(RecordHttpMetrics, metrics=app.state.http_metrics, routes=app.router.routes)
     return app
 
 

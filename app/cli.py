@@ -265,13 +265,15 @@ def worker(
     celery.worker_main(
         [
             "worker",
-            "--pool=solo",
+            # A pool of one thread: the job runs beside the consumer, which goes on answering
+            # remote control (`celery inspect active`, Flower) and sending heartbeats.
+            "--pool=threads",
+            "--concurrency=1",
             f"--queues={queues}",
             f"--loglevel={loglevel}",
             f"--hostname=ganforge-{os.getpid()}@%h",
             "--without-gossip",
             "--without-mingle",
-            "--without-heartbeat",
         ]
     )
 

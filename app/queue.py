@@ -113,6 +113,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": max(1, min(10, timeout // 2)),
             "unacked_restore_throttle": 1,
         }
+    events = broker_kind(url) not in ("sqla", "sqlalchemy")
     return {
         "broker_url": url,
         "broker_transport_options": transport_options,
@@ -129,7 +130,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": settings.queue_prefix + "cpu",
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": False,
+        # Task events (task-sent, task-started, ...) for Flower and `celery events`: over a
+        # real broker only, since they go to a fanout exchange the embedded one lacks.
+        "worker_send_task_events": events,
+        "task_send_sent_event": events,
         "task_serializer": "json",
         "accept_content": ["json"],
     }

@@ -17,3 +17,14 @@ def require_server(name: str, error: Exception) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def require_tool(path: str, install: str) -> str:
+    """A program the tests run (Debian's promtool, prometheus): under CI a missing one is a
+    failure; on a developer machine, a skip saying how to install it."""
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        message = f"{path} is not installed ({install}; `make test` installs it as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

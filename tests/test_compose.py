@@ -230,7 +230,7 @@ def test_api_migrates_serves_and_reports_health(services: dict[str, Any]) -> Non
     api = services["api"]
     # `ganforge api` runs `db upgrade` unless told --no-migrate.
     assert api["command"] == ["ganforge", "api", "--host", "0.0.0.0", "--port", "8000"]
-    assert "/api/health" in " ".join(api["healthcheck"]["test"])
+    assert "/api/health/live" in " ".join(api["healthcheck"]["test"])
     assert any(p["target"] == 8000 for p in api["ports"])
 
 

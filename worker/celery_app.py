@@ -1,7 +1,8 @@
 """The Celery app of the workers and its one task, `run_job(job_id)`.
 
-Start with `ganforge worker` (or `celery -A worker.celery_app worker --pool solo`). Each
-worker process runs one job at a time in its own main thread (`solo` pool, prefetch 1);
+Start with `ganforge worker` (or `celery -A worker.celery_app worker --pool threads
+--concurrency 1`). Each worker process runs one job at a time in a pool of one thread
+(prefetch 1), so its main thread stays free to answer `celery inspect` and Flower;
 `ganforge worker --gpus` gives it devices (`configure`), which it registers while it runs.
 """
 

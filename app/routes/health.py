@@ -1,4 +1,6 @@
-"""GET /api/health: liveness, the database and the broker, and each worker host's GPUs."""
+"""GET /api/health: the database and the broker, and each worker host's GPUs (a readiness
+probe: 503 while either is unreachable). GET /api/health/live: the process answers, asking
+nothing else (a liveness probe: a database outage must not get the API restarted)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,12 @@ from app.devices import device_report
 from trainer.errors import first_line
 
 router = APIRouter(prefix="/api")
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    """Liveness: 200 while this process serves requests; touches no database or broker."""
+    return {"status": "ok"}
 
 
 @router.get("/health")

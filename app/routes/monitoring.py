@@ -9,6 +9,8 @@ ganforge_device_busy{host="...",device="0"}      1 while a job holds the device,
 ganforge_artifact_bytes{kind="checkpoint"}       bytes in the artifact store by kind:
                                                  checkpoint (tensors and sidecars), sample,
                                                  dataset (from the sizes recorded in the rows)
+ganforge_http_requests_total{method,route,status}  the API's requests (app.http_metrics),
+ganforge_http_request_duration_seconds{method,route}  by route template
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -123,7 +125,8 @@ class ServiceCollector(Collector):
 
 
 @router.get("/metrics", include_in_schema=False)
-def prometheus_metrics(session: SessionDep, settings: SettingsDep) -> Response:
+def prometheus_metrics(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(session, settings))
+    registry.register(request.app.state.http_metrics)  # app.http_metrics: the API's traffic
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

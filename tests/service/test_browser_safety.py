@@ -100,6 +100,7 @@ def requests_for(s: Seeded) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/api/jobs"): {"expect": 200},
         ("GET", "/api/jobs/{job_id}"): {"url": job, "expect": 200},
         ("GET", "/api/health"): {"expect": 200},
+        ("GET", "/api/health/live"): {"expect": 200},
         ("GET", "/api/jobs/{job_id}/metrics"): {"url": f"{job}/metrics", "expect": 200},
         ("GET", "/api/jobs/{job_id}/samples"): {"url": f"{job}/samples", "expect": 200},
         ("GET", "/api/jobs/{job_id}/samples.zip"): {"url": f"{job}/samples.zip", "expect": 200},
