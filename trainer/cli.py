@@ -13,11 +13,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 if TYPE_CHECKING:
+    from trainer.guided import Sampler
     from trainer.spec import TrainSpec
     from trainer.training import Progress, Trainer, TrainResult
 
@@ -31,7 +32,7 @@ cli = typer.Typer(
 OUTPUTS = ("metrics.jsonl", "warnings.jsonl", "spec.json", "samples", "checkpoints")
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -191,17 +192,66 @@ def generate(
     out: Annotated[Path, typer.Option("--out", help="FILE.png (grid/scatter) or FILE.npy")],
     n: Annotated[int, typer.Option("--n", help="how many samples")] = 64,
     seed: Annotated[int, typer.Option(help="noise seed")] = 0,
+    sampler: Annotated[
+        str, typer.Option(help="plain: G(z); drs: discriminator rejection; refine: latent steps")
+    ] = "plain",
+    drs_burn_in: Annotated[int | None, typer.Option(help="drs: samples scored first")] = None,
+    drs_percentile: Annotated[
+        float | None, typer.Option(help="drs: gamma's percentile (higher: stricter)")
+    ] = None,
+    drs_gamma: Annotated[
+        float | None, typer.Option(help="drs: a fixed gamma instead of the percentile's")
+    ] = None,
+    drs_min_acceptance: Annotated[
+        float | None, typer.Option(help="drs: give up below this acceptance rate")
+    ] = None,
+    refine_steps: Annotated[int | None, typer.Option(help="refine: gradient steps")] = None,
+    refine_step_size: Annotated[float | None, typer.Option(help="refine: step size")] = None,
+    refine_noise: Annotated[float | None, typer.Option(help="refine: Langevin noise")] = None,
 ) -> None:
-    """Fresh samples from a checkpoint's generator (its EMA weights when present)."""
+    """Fresh samples from a checkpoint's generator (its EMA weights when present), plain or
+    guided by the checkpoint's discriminator (--sampler drs or refine)."""
     from trainer.checkpoint import CheckpointError, read_checkpoint
     from trainer.generate import write_generated
 
+    options = {
+        "drs": {
+            "burn_in": drs_burn_in,
+            "percentile": drs_percentile,
+            "gamma": drs_gamma,
+            "min_acceptance": drs_min_acceptance,
+        },
+        "refine": {"steps": refine_steps, "step_size": refine_step_size, "noise": refine_noise},
+    }
+    chosen = _sampler(sampler, options)
     try:
         ckpt = read_checkpoint(checkpoint)
-        shape = write_generated(ckpt, out, n, seed=seed)
+        shape, report = write_generated(ckpt, out, n, seed=seed, sampler=chosen)
     except (CheckpointError, ValueError) as exc:
         fail(str(exc))
+    if report is not None:
+        typer.echo(report.line())
     typer.echo(f"wrote {out} ({'x'.join(map(str, shape))} from step {ckpt.step})")
+
+
+def _sampler(name: str, options: dict[str, dict[str, float | None]]) -> Sampler:
+    """The Sampler of --sampler and the options given; exits with the field and reason."""
+    from pydantic import ValidationError
+
+    from trainer.guided import Sampler
+
+    raw: dict[str, object] = {"sampler": name}
+    for kind, values in options.items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            raw[kind] = given
+    try:
+        return Sampler.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]).replace(".", "-").replace("_", "-")
+        message = error["msg"].removeprefix("Value error, ")
+        fail(f"--{where}: {message}" if error["loc"] else message)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from torch import nn
 from trainer.checkpoint import Checkpoint, CheckpointError, atomic_write, read_checkpoint
 from trainer.data import DataError, load_dataset
 from trainer.errors import first_line
+from trainer.guided import Networks, Sampler, SamplerError, SamplerReport, chunk_for, guided
 from trainer.models import build_models
 from trainer.resnet import widest_activation
 from trainer.spec import TrainSpec
@@ -46,6 +47,20 @@ def load_generator(ckpt: Checkpoint) -> tuple[nn.Module, TrainSpec, tuple[int, .
     return generator, spec, shape
 
 
+def load_discriminator(
+    ckpt: Checkpoint, spec: TrainSpec, shape: tuple[int, ...]
+) -> nn.Module | None:
+    """The checkpoint's discriminator as trained, on the CPU, gradients off (never trained
+    here); None when the checkpoint holds none."""
+    state = ckpt.tensors("discriminator.")
+    if not state:
+        return None
+    _, discriminator = build_models(spec.model, shape, seed=spec.seed)
+    discriminator = discriminator.to(next(iter(state.values())).dtype)
+    discriminator.load_state_dict(state)
+    return discriminator.eval().requires_grad_(False)
+
+
 @dataclass
 class LoadedGenerator:
     """A checkpoint's generator in eval mode, and kept so: threads may share it."""
@@ -54,6 +69,8 @@ class LoadedGenerator:
     spec: TrainSpec
     shape: tuple[int, ...]
     step: int
+    # The discriminator it was trained against, for the guided samplers; None: not saved.
+    discriminator: nn.Module | None = None
     # The real data drawn under 2-D scatter plots, loaded on first use.
     _real: np.ndarray | None = None
     _real_done: bool = False
@@ -64,13 +81,14 @@ class LoadedGenerator:
         """Build it; a CheckpointError names why a checkpoint holds no usable generator."""
         try:
             generator, spec, shape = load_generator(ckpt)
+            discriminator = load_discriminator(ckpt, spec, shape)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             # CheckpointError is a ValueError; RuntimeError: tensors that do not fit the model.
             raise CheckpointError(
                 f"checkpoint: cannot build its generator: {first_line(exc)}"
             ) from None
-        generator.eval()
-        return cls(generator, spec, shape, ckpt.step)
+        generator.eval().requires_grad_(False)
+        return cls(generator, spec, shape, ckpt.step, discriminator)
 
     @property
     def max_n(self) -> int:
@@ -84,26 +102,51 @@ class LoadedGenerator:
         itemsize = 8 if self.spec.precision == "fp64" else 4
         return max(1, min(MAX_GENERATE, GENERATE_BUDGET_BYTES // (per_sample * itemsize)))
 
-    def array(self, n: int, *, seed: int = 0) -> np.ndarray:
-        """(n, D) for vector data, (n, C, H, W) for images, as float32. The API keeps n to
-        `max_n`; the CLI may ask for more, at its own risk."""
+    def sample(
+        self, n: int, *, seed: int = 0, sampler: Sampler | None = None
+    ) -> tuple[np.ndarray, SamplerReport | None]:
+        """(n, D) for vector data, (n, C, H, W) for images, as float32, and what a guided
+        sampler did (None for plain). The API keeps n to `max_n`; the CLI may ask for more,
+        at its own risk. Raises SamplerError when the sampler cannot run or help here."""
         if not 1 <= n <= MAX_GENERATE:
             raise ValueError(f"n: must be between 1 and {MAX_GENERATE}, got {n}")
-        fake = generate_from(self.generator, n, seed=seed, latent=self.spec.model.latent_dim)
-        return fake.float().numpy()
+        latent = self.spec.model.latent_dim
+        if sampler is None or sampler.sampler == "plain":
+            return generate_from(self.generator, n, seed=seed, latent=latent).float().numpy(), None
+        if self.discriminator is None:
+            raise SamplerError(
+                f"sampler: {sampler.sampler} needs the discriminator, and this checkpoint "
+                "holds none"
+            )
+        nets = Networks(
+            self.generator, self.discriminator, latent, self.spec.loss.kind, chunk_for(self.max_n)
+        )
+        fake, report = guided(nets, n, seed=seed, sampler=sampler)
+        return fake.float().numpy(), report
+
+    def array(self, n: int, *, seed: int = 0, sampler: Sampler | None = None) -> np.ndarray:
+        """`sample`'s array alone."""
+        return self.sample(n, seed=seed, sampler=sampler)[0]
 
     def png(
-        self, n: int, *, seed: int = 0, resolve_dataset: Callable[[str], Path] | None = None
-    ) -> bytes:
-        """A grid (images) or a scatter over the real data (vectors) of n fresh samples.
-        `resolve_dataset` finds an uploaded dataset's file (the service's store)."""
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        sampler: Sampler | None = None,
+        resolve_dataset: Callable[[str], Path] | None = None,
+    ) -> tuple[bytes, SamplerReport | None]:
+        """A grid (images) or a scatter over the real data (vectors) of n fresh samples,
+        and the sampler's report. `resolve_dataset` finds an uploaded dataset's file."""
         from trainer.samples import render_png
 
-        fake = self.array(n, seed=seed)
+        fake, report = self.sample(n, seed=seed, sampler=sampler)
         title = f"step {self.step}, seed {seed}"
+        if report is not None:
+            title += f", {report.sampler}"
         if fake.ndim == 4:
-            return render_png(fake, title=title)
-        return render_png(fake, real=self.real_points(resolve_dataset), title=title)
+            return render_png(fake, title=title), report
+        return render_png(fake, real=self.real_points(resolve_dataset), title=title), report
 
     def real_points(self, resolve_dataset: Callable[[str], Path] | None) -> np.ndarray | None:
         """The real data drawn under a scatter; None when it cannot be had (a dataset that
@@ -160,14 +203,18 @@ class GeneratorCache:
         return loaded
 
 
-def generate_array(ckpt: Checkpoint, n: int, *, seed: int = 0) -> np.ndarray:
+def generate_array(
+    ckpt: Checkpoint, n: int, *, seed: int = 0, sampler: Sampler | None = None
+) -> np.ndarray:
     """(n, D) for vector data, (n, C, H, W) for images, as float32."""
-    return LoadedGenerator.of(ckpt).array(n, seed=seed)
+    return LoadedGenerator.of(ckpt).array(n, seed=seed, sampler=sampler)
 
 
-def generate_png(ckpt: Checkpoint, n: int, *, seed: int = 0) -> bytes:
+def generate_png(
+    ckpt: Checkpoint, n: int, *, seed: int = 0, sampler: Sampler | None = None
+) -> bytes:
     """A grid (images) or a scatter over the real data (vectors) of n fresh samples."""
-    return LoadedGenerator.of(ckpt).png(n, seed=seed)
+    return LoadedGenerator.of(ckpt).png(n, seed=seed, sampler=sampler)[0]
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -176,13 +223,18 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_generated(ckpt: Checkpoint, out: Path, n: int, *, seed: int = 0) -> tuple[int, ...]:
-    """Write n samples to `out` (.png or .npy); returns the shape generated."""
+def write_generated(
+    ckpt: Checkpoint, out: Path, n: int, *, seed: int = 0, sampler: Sampler | None = None
+) -> tuple[tuple[int, ...], SamplerReport | None]:
+    """Write n samples to `out` (.png or .npy); returns the shape generated and what a
+    guided sampler did."""
+    if out.suffix not in (".npy", ".png"):
+        raise ValueError(f"out: must end in .png or .npy, got {out.name!r}")
+    loaded = LoadedGenerator.of(ckpt)
     if out.suffix == ".npy":
-        array = generate_array(ckpt, n, seed=seed)
+        array, report = loaded.sample(n, seed=seed, sampler=sampler)
         atomic_write(out, npy_bytes(array))
-        return tuple(array.shape)
-    if out.suffix == ".png":
-        atomic_write(out, generate_png(ckpt, n, seed=seed))
-        return (n,)
-    raise ValueError(f"out: must end in .png or .npy, got {out.name!r}")
+        return tuple(array.shape), report
+    png, report = loaded.png(n, seed=seed, sampler=sampler)
+    atomic_write(out, png)
+    return (n, *loaded.shape), report

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import torch
+
 from trainer.data import Dataset
 from trainer.spec import TrainSpec
 
@@ -20,6 +22,36 @@ if TYPE_CHECKING:
 EVAL_SEED_OFFSET = 2
 
 Evaluator = Callable[["Trainer"], dict[str, float]]
+
+
+def guided_quality(
+    trainer: Trainer, seed: int, centres: torch.Tensor, std: float
+) -> dict[str, float]:
+    """`eval/modes_drs`, `eval/hq_drs` (and `eval/drs_acceptance`), `eval/modes_refine`,
+    `eval/hq_refine`: the same numbers for the guided samplers' default settings, with the
+    run's current discriminator. A sampler that cannot run here (drs on a hinge or
+    Wasserstein critic, a flat discriminator, too low an acceptance) adds nothing."""
+    from trainer.evaluation import EVAL_SAMPLES, mixture_quality
+    from trainer.guided import MAX_CHUNK, SAMPLERS, Networks, Sampler, SamplerError, guided
+
+    nets = Networks(
+        trainer.sampling_generator,
+        trainer.discriminator,
+        trainer.spec.model.latent_dim,
+        trainer.spec.loss.kind,
+        MAX_CHUNK,
+    )
+    values: dict[str, float] = {}
+    for name in SAMPLERS[1:]:
+        try:
+            fake, report = guided(nets, EVAL_SAMPLES, seed=seed, sampler=Sampler(sampler=name))
+        except SamplerError:
+            continue
+        quality = mixture_quality(fake.double().cpu(), centres, std)
+        values |= {f"{k}_{name}": v for k, v in quality.items()}
+        if name == "drs":
+            values["eval/drs_acceptance"] = report.acceptance
+    return values
 
 
 def evaluator_for(spec: TrainSpec, dataset: Dataset) -> Evaluator | None:
@@ -33,8 +65,10 @@ def evaluator_for(spec: TrainSpec, dataset: Dataset) -> Evaluator | None:
         centres, std = dataset.centres, dataset.std
 
         def mixture(trainer: Trainer) -> dict[str, float]:
-            fake = trainer.generate(EVAL_SAMPLES, spec.seed + EVAL_SEED_OFFSET)
-            return mixture_quality(fake.double().cpu(), centres.double().cpu(), std)
+            seed = spec.seed + EVAL_SEED_OFFSET
+            fake = trainer.generate(EVAL_SAMPLES, seed)
+            values = mixture_quality(fake.double().cpu(), centres.double().cpu(), std)
+            return values | guided_quality(trainer, seed, centres.double().cpu(), std)
 
         return mixture
     if dataset.kind == "digits":

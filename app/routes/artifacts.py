@@ -37,7 +37,7 @@ import anyio.to_thread
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -50,6 +50,7 @@ from app.settings import Settings
 from app.store import ArtifactStore, StoreError
 from trainer.checkpoint import CheckpointError
 from trainer.generate import MAX_GENERATE, GeneratorCache, npy_bytes
+from trainer.guided import Sampler, SamplerError, SamplerReport
 
 router = APIRouter(prefix="/api")
 
@@ -94,8 +95,9 @@ class CheckpointList(BaseModel):
     items: list[CheckpointOut]
 
 
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class GenerateRequest(Sampler):
+    """n, seed, format and step; `sampler` and its options (`drs`, `refine`) come from
+    trainer.guided.Sampler."""
 
     n: int = Field(
         64,
@@ -374,6 +376,7 @@ class _Generated:
     data: bytes
     shape: tuple[int, ...]
     step: int
+    report: SamplerReport | None
 
 
 def _generate(
@@ -393,14 +396,15 @@ def _generate(
             f"this checkpoint's generator makes at most {loaded.max_n} samples a request",
         )
     if body.format == "npy":
-        array = loaded.array(body.n, seed=body.seed)
-        return _Generated(npy_bytes(array), tuple(array.shape), loaded.step)
-    png = loaded.png(
+        array, report = loaded.sample(body.n, seed=body.seed, sampler=body)
+        return _Generated(npy_bytes(array), tuple(array.shape), loaded.step, report)
+    png, report = loaded.png(
         body.n,
         seed=body.seed,
+        sampler=body,
         resolve_dataset=lambda dataset_id: store.fetch(store.dataset_path(dataset_id)),
     )
-    return _Generated(png, (body.n, *loaded.shape), loaded.step)
+    return _Generated(png, (body.n, *loaded.shape), loaded.step, report)
 
 
 def _pick_checkpoint(session: Session, job_id: str, step: int | None) -> Checkpoint:
@@ -450,9 +454,9 @@ def _limiter(app: FastAPI) -> anyio.CapacityLimiter:
 async def generate(
     job_id: str, body: GenerateRequest, request: Request, session: SessionDep, store: StoreDep
 ) -> Response:
-    """Fresh samples from a checkpoint's generator (EMA weights when the run kept them).
-
-    The same checkpoint, n and seed give the same bytes.
+    """Fresh samples from a checkpoint's generator (EMA weights when the run kept them),
+    plain or guided by its discriminator (`sampler`: drs or refine; X-Sampler-* headers say
+    what the sampler did). The same checkpoint, n, seed and sampler give the same bytes.
     """
     if body.format == "png" and body.n > MAX_PNG:
         raise _n_error(body.n, f"format png takes at most {MAX_PNG} samples; use npy for more")
@@ -468,14 +472,28 @@ async def generate(
             store,
             limiter=_limiter(request.app),
         )
+    except SamplerError as exc:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", *exc.field.split(".")),
+                    "msg": f"{name}: {str(exc).removeprefix('sampler: ')}",
+                    "input": body.sampler,
+                }
+            ]
+        ) from None
     except (CheckpointError, StoreError) as exc:
         raise HTTPException(409, f"{name}: {str(exc).removeprefix('checkpoint: ')}") from None
     headers: dict[str, str] = {
         "X-Shape": ",".join(str(d) for d in result.shape),
         "X-Checkpoint-Step": str(result.step),
         "X-Checkpoint-SHA256": row.sha256,
+        **(result.report.headers() if result.report is not None else {}),
     }
     stem = f"{job_id}-step_{result.step}-seed_{body.seed}"
+    if body.sampler != "plain":
+        stem += f"-{body.sampler}"
     if body.format == "npy":
         headers["Content-Disposition"] = f'attachment; filename="{stem}.npy"'
         return Response(result.data, media_type="application/octet-stream", headers=headers)

@@ -621,6 +621,19 @@
     return m ? decodeURIComponent(m[1]) : fallback;
   }
 
+  /** What a guided sampler did, from its X-Sampler-* headers; "" for plain. */
+  function samplerReport(headers) {
+    const sampler = headers.get("x-sampler");
+    if (!sampler) return "";
+    const plain = Number(headers.get("x-sampler-logit-plain"));
+    const returned = Number(headers.get("x-sampler-logit-returned"));
+    const logits = `mean discriminator logit ${plain.toPrecision(3)} (plain) → ${returned.toPrecision(3)}`;
+    if (sampler !== "drs") return `${sampler}: ${logits}`;
+    const proposals = Number(headers.get("x-sampler-proposals"));
+    const rate = Number(headers.get("x-sampler-acceptance"));
+    return `drs: ${(100 * rate).toFixed(1)} % of ${proposals.toLocaleString("en")} proposals accepted; ${logits}`;
+  }
+
   async function generate(event) {
     event.preventDefault();
     const form = $("generate-form");
@@ -629,8 +642,10 @@
     const seed = $("gen-seed").value.trim();
     const format = $("gen-format").value;
     const step = $("gen-step").value;
+    const sampler = $("gen-sampler").value;
     // Written by hand so that a seed beyond 2^53 keeps every digit.
     const body = `{"n": ${Number.parseInt(n, 10)}, "seed": ${seed}, "format": "${format}"` +
+      `, "sampler": ${JSON.stringify(sampler)}` +
       (step ? `, "step": ${Number.parseInt(step, 10)}` : "") + "}";
     const button = $("gen-submit");
     button.dataset.busy = "1";
@@ -656,6 +671,8 @@
       const link = el("a", { href: state.genUrl, download: name, class: "button", text: format === "png" ? "Download PNG" : "Save again" });
       const caption = el("p", { class: "small" }, el("strong", { text: name }), el("br"),
         `${shape} from the checkpoint of step ${used}, seed ${seed} (${bytes(blob.size)})`);
+      const report = samplerReport(answer.headers);
+      if (report) caption.append(el("br"), el("span", { class: "gen-sampler-report", text: report }));
       if (format === "png") {
         $("gen-result").replaceChildren(
           el("img", { src: state.genUrl, alt: `${n} generated samples, checkpoint step ${used}, seed ${seed}`, class: "gen-img" }),
