@@ -5,7 +5,10 @@
     python bench/quality.py --write docs/benchmarks.md
 
 Prints modes covered, high-quality fraction (PacGAN definitions, 2,500 samples) and wall
-time per run; `--write` replaces this benchmark's section of the given markdown file.
+time per run, for plain samples and for the guided samplers (trainer.guided: drs and refine
+with their default options, at the last evaluation), and each sampler's cost per 2,500
+samples (median of 3, one thread); `--write` replaces this benchmark's sections ("quality":
+plain; "guided": every sampler) of the given markdown file.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ def one_run(data: str, seed: int, overrides: dict, threads: int) -> dict:
     spec = TrainSpec.model_validate(raw)
     sinks = memory_sinks()
     started = time.perf_counter()
-    Trainer(spec).run(sinks)
+    trainer = Trainer(spec)
+    trainer.run(sinks)
     wall = time.perf_counter() - started
     history = [(s, v["eval/modes"], v["eval/hq"]) for s, v in sinks.metrics.rows if "eval/hq" in v]
     _, modes, hq = history[-1]
+    last = [v for _, v in sinks.metrics.rows if "eval/hq" in v][-1]
     leaks = {n: [v[f"audit/leak_{n}"] for _, v in sinks.metrics.rows] for n in ("d", "g")}
     return {
         "data": data,
@@ -53,7 +58,35 @@ def one_run(data: str, seed: int, overrides: dict, threads: int) -> dict:
         "steps": spec.steps,
         "leak_d": statistics.mean(leaks["d"]),
         "leak_g": statistics.mean(leaks["g"]),
+        "guided": {k: v for k, v in last.items() if k.endswith(("_drs", "_refine", "acceptance"))},
+        "cost_s": sampler_costs(trainer),
     }
+
+
+def sampler_costs(trainer) -> dict[str, float]:  # noqa: ANN001 - a trainer.training.Trainer
+    """Seconds to draw 2,500 samples with each sampler (median of 3), on this thread."""
+    from trainer.evaluation import EVAL_SAMPLES
+    from trainer.guided import MAX_CHUNK, SAMPLERS, Networks, Sampler, guided
+
+    nets = Networks(
+        trainer.sampling_generator,
+        trainer.discriminator,
+        trainer.spec.model.latent_dim,
+        trainer.spec.loss.kind,
+        MAX_CHUNK,
+    )
+    costs = {}
+    for name in SAMPLERS:
+        times = []
+        for seed in range(3):
+            started = time.perf_counter()
+            if name == "plain":
+                trainer.generate(EVAL_SAMPLES, seed)
+            else:
+                guided(nets, EVAL_SAMPLES, seed=seed, sampler=Sampler(sampler=name))
+            times.append(time.perf_counter() - started)
+        costs[name] = statistics.median(times)
+    return costs
 
 
 def main() -> None:
@@ -102,12 +135,61 @@ def main() -> None:
         )
     table = "\n".join(lines)
     print(table)
+    guided_table = guided_lines(results, args.data)
+    print(guided_table)
     if args.write:
         command = (
             "python bench/quality.py "
             + " ".join(sys.argv[1:]).replace(f"--write {args.write}", "").strip()
         )
         replace_section(args.write, "quality", f"Command: `{command.strip()}`\n\n{table}\n")
+        replace_section(args.write, "guided", f"Command: `{command.strip()}`\n\n{guided_table}\n")
+
+
+def _cell(r: dict, suffix: str) -> str:
+    values = r["guided"] if suffix else {"eval/modes": r["modes"], "eval/hq": r["hq"]}
+    if f"eval/hq{suffix}" not in values:
+        return "cannot run"
+    goal_modes, goal_hq = GOALS[r["data"]]
+    modes, hq = values[f"eval/modes{suffix}"], values[f"eval/hq{suffix}"]
+    met = " (goal)" if modes >= goal_modes and hq >= goal_hq else ""
+    return f"{modes:.0f}/{goal_modes}, {100 * hq:.1f} %{met}"
+
+
+def guided_lines(results: list[dict], datasets: list[str]) -> str:
+    """Each sampler's modes and high quality per seed, seeds meeting the goal, and cost."""
+    lines = [
+        "| data | seed | plain | drs | drs acceptance | refine |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        acceptance = r["guided"].get("eval/drs_acceptance")
+        lines.append(
+            f"| {r['data']} | {r['seed']} | {_cell(r, '')} | {_cell(r, '_drs')} | "
+            f"{'' if acceptance is None else f'{100 * acceptance:.1f} %'} | "
+            f"{_cell(r, '_refine')} |"
+        )
+    for data in datasets:
+        rs = [r for r in results if r["data"] == data]
+        cells = []
+        for suffix in ("", "_drs", "_refine"):
+            hits = sum(_cell(r, suffix).endswith("(goal)") for r in rs)
+            hqs = [r["hq"] if not suffix else r["guided"].get(f"eval/hq{suffix}") for r in rs]
+            hqs = [h for h in hqs if h is not None]
+            mean = f"{100 * statistics.mean(hqs):.1f} %" if hqs else "-"
+            cells.append(f"mean {mean}, goal on {hits}/{len(rs)} seeds")
+        lines.append(f"| {data} | all | {cells[0]} | {cells[1]} | | {cells[2]} |")
+    for data in datasets:
+        rs = [r for r in results if r["data"] == data]
+        cost = {
+            name: statistics.median(r["cost_s"][name] for r in rs)
+            for name in ("plain", "drs", "refine")
+        }
+        lines.append(
+            f"| {data} | s per 2,500 samples (median) | {cost['plain']:.3f} | "
+            f"{cost['drs']:.3f} | | {cost['refine']:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

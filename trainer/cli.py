@@ -249,7 +249,9 @@ def _sampler(name: str, options: dict[str, dict[str, float | None]]) -> Sampler:
         return Sampler.model_validate(raw)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]).replace(".", "-").replace("_", "-")
+        where = "-".join(str(p) for p in error["loc"]).replace("_", "-")
+        if where in ("drs", "refine"):  # options given for another sampler
+            where += "-* options"
         message = error["msg"].removeprefix("Value error, ")
         fail(f"--{where}: {message}" if error["loc"] else message)
 

@@ -20,7 +20,16 @@ from torch import nn
 from trainer.checkpoint import Checkpoint, CheckpointError, atomic_write, read_checkpoint
 from trainer.data import DataError, load_dataset
 from trainer.errors import first_line
-from trainer.guided import Networks, Sampler, SamplerError, SamplerReport, chunk_for, guided
+from trainer.guided import (
+    FORWARDS_PER_SAMPLE,
+    MAX_PROPOSALS,
+    Networks,
+    Sampler,
+    SamplerError,
+    SamplerReport,
+    chunk_for,
+    guided,
+)
 from trainer.models import build_models
 from trainer.resnet import widest_activation
 from trainer.spec import TrainSpec
@@ -119,7 +128,12 @@ class LoadedGenerator:
                 "holds none"
             )
         nets = Networks(
-            self.generator, self.discriminator, latent, self.spec.loss.kind, chunk_for(self.max_n)
+            self.generator,
+            self.discriminator,
+            latent,
+            self.spec.loss.kind,
+            chunk_for(self.max_n),
+            max_forwards=min(MAX_PROPOSALS, FORWARDS_PER_SAMPLE * self.max_n),
         )
         fake, report = guided(nets, n, seed=seed, sampler=sampler)
         return fake.float().numpy(), report

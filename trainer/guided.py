@@ -32,13 +32,17 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
 SamplerName = Literal["plain", "drs", "refine"]
 SAMPLERS: tuple[SamplerName, ...] = ("plain", "drs", "refine")
-# The most proposals one drs call may draw, whatever n and min_acceptance ask for.
+# The most generator forwards one guided call may make, whatever it asks for; a checkpoint's
+# own bound (Networks.max_forwards) may be lower.
 MAX_PROPOSALS = 5_000_000
+# ... which is at most this many times the samples one plain request may make.
+FORWARDS_PER_SAMPLE = 50
+DEFAULT_BURN_IN = 10_000
 DRS_EPS = 1e-6  # the paper's epsilon: keeps log(1 - exp(.)) finite at D(x) = D_M
 # Below this spread of burn-in logits the discriminator prefers no sample to another.
 FLAT_LOGITS = 1e-6
@@ -57,8 +61,12 @@ class SamplerError(ValueError):
 class DRSOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    burn_in: int = Field(
-        10_000, ge=100, le=1_000_000, description="samples scored to find D_M and gamma"
+    burn_in: int | None = Field(
+        None,
+        ge=100,
+        le=1_000_000,
+        description="samples scored to find D_M and gamma; default 10,000, or a fifth of "
+        "the generator's bound on forwards a request when that is less",
     )
     percentile: float = Field(
         95.0, ge=0, le=99.9, description="gamma: this percentile of F over the burn-in"
@@ -97,12 +105,14 @@ class Sampler(BaseModel):
     drs: DRSOptions = Field(default_factory=DRSOptions)
     refine: RefineOptions = Field(default_factory=RefineOptions)
 
-    @model_validator(mode="after")
-    def _options_of_the_sampler(self) -> Sampler:
-        for name in ("drs", "refine"):
-            if self.sampler != name and name in self.model_fields_set:
-                raise ValueError(f"{name}: only used with sampler {name}, not {self.sampler}")
-        return self
+    @field_validator("drs", "refine")
+    @classmethod
+    def _options_of_the_sampler(cls, value: BaseModel, info: ValidationInfo) -> BaseModel:
+        # Runs only for options given (defaults are not validated), after `sampler`.
+        chosen = info.data.get("sampler")
+        if chosen is not None and chosen != info.field_name:
+            raise ValueError(f"only used with sampler {info.field_name}, not {chosen}")
+        return value
 
 
 @dataclass
@@ -154,6 +164,9 @@ class Networks:
     latent: int
     loss: str
     chunk: int  # the most samples one forward takes; fixes the order of drs's D_M updates
+    # The most generator forwards one call may make (drs's burn-in and proposals, refine's
+    # steps x n): what bounds a request's time.
+    max_forwards: int = MAX_PROPOSALS
 
 
 def guided(
@@ -216,11 +229,18 @@ def _drs(
             f"log p_data/p_g); this one was trained with {nets.loss}, whose logit is not a "
             f"density ratio: use refine or plain"
         )
+    burn_in = options.burn_in or max(1, min(DEFAULT_BURN_IN, nets.max_forwards // 5))
+    if burn_in >= nets.max_forwards:
+        raise SamplerError(
+            f"sampler: drs.burn_in {burn_in} is not less than the {nets.max_forwards} "
+            "generator forwards this checkpoint allows a request",
+            field="drs.burn_in",
+        )
     started = time.perf_counter()
     rng = torch.Generator().manual_seed(seed)
-    budget = min(MAX_PROPOSALS, math.ceil(n / options.min_acceptance))
+    budget = min(nets.max_forwards - burn_in, math.ceil(n / options.min_acceptance))
     with _EvalMode(nets.generator, nets.discriminator):
-        d_max, gamma = _calibrate(nets, rng, options)
+        d_max, gamma = _calibrate(nets, rng, burn_in, options)
         draw = _Draw()
         while draw.accepted < n and draw.proposals < budget:
             # Twice what is still missing at a 50 % acceptance, at least 1,024: fewer wasted
@@ -249,10 +269,12 @@ def _drs(
     return torch.cat(draw.kept)[:n], report
 
 
-def _calibrate(nets: Networks, rng: torch.Generator, options: DRSOptions) -> tuple[float, float]:
-    """D_M and gamma from `options.burn_in` samples."""
+def _calibrate(
+    nets: Networks, rng: torch.Generator, burn_in: int, options: DRSOptions
+) -> tuple[float, float]:
+    """D_M and gamma from `burn_in` samples."""
     dtype, _ = _dtype_device(nets.generator)
-    z = torch.randn(options.burn_in, nets.latent, generator=rng, dtype=dtype)
+    z = torch.randn(burn_in, nets.latent, generator=rng, dtype=dtype)
     _, burn = _scored(nets, z)
     if not bool(torch.isfinite(burn).all()):
         raise SamplerError("sampler: drs cannot run: the discriminator's logits are not finite")
@@ -299,6 +321,12 @@ class _Draw:
 def _refine(
     nets: Networks, n: int, *, seed: int, options: RefineOptions
 ) -> tuple[torch.Tensor, SamplerReport]:
+    if options.steps * n > nets.max_forwards:
+        raise SamplerError(
+            f"sampler: refine.steps x n = {options.steps * n} is more than this generator's "
+            f"{nets.max_forwards} samples a request: fewer steps or samples",
+            field="refine.steps",
+        )
     started = time.perf_counter()
     dtype, device = _dtype_device(nets.generator)
     rng = torch.Generator().manual_seed(seed)

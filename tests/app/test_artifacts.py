@@ -287,6 +287,59 @@ def test_generate_errors(client: TestClient, run: Run) -> None:
     assert field_of(client.post(url, json={"step": 2**40})) == "step"
 
 
+def test_generate_with_a_guided_sampler(client: TestClient, run: Run) -> None:
+    """drs and refine use the checkpoint's discriminator: the same request gives the same
+    bytes, the trainer's own guided generation gives them too, headers say what was done."""
+    from trainer.generate import LoadedGenerator
+    from trainer.guided import Sampler
+
+    job = make_job(client, run, samples=False)
+    url = f"/api/jobs/{job}/generate"
+    plain = client.post(url, json={"n": 64, "seed": 5, "format": "npy"})
+    assert "x-sampler" not in plain.headers
+    named = client.post(url, json={"n": 64, "seed": 5, "format": "npy", "sampler": "plain"})
+    assert named.content == plain.content  # plain, named or not, is today's generation
+    loaded = LoadedGenerator.of(run.checkpoints[4])
+    for name in ("drs", "refine"):
+        body = {"n": 64, "seed": 5, "format": "npy", "sampler": name}
+        answer = client.post(url, json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-sampler"] == name and answer.headers["x-shape"] == "64,2"
+        assert float(answer.headers["x-sampler-acceptance"]) > 0
+        assert int(answer.headers["x-sampler-proposals"]) >= 64
+        float(answer.headers["x-sampler-logit-plain"])  # numbers, both
+        float(answer.headers["x-sampler-logit-returned"])
+        disposition = f'attachment; filename="{job}-step_4-seed_5-{name}.npy"'
+        assert answer.headers["content-disposition"] == disposition
+        array = np.load(io.BytesIO(answer.content), allow_pickle=False)
+        expected, _ = loaded.sample(64, seed=5, sampler=Sampler(sampler=name))
+        assert np.array_equal(array, expected)
+        assert client.post(url, json=body).content == answer.content
+        assert answer.content != plain.content
+    png = client.post(url, json={"n": 100, "sampler": "refine", "refine": {"steps": 5}})
+    assert png.status_code == 200 and png.content.startswith(PNG_SIGNATURE)
+
+
+def test_guided_generation_errors_name_the_field(client: TestClient, run: Run) -> None:
+    job = make_job(client, run, samples=False)
+    url = f"/api/jobs/{job}/generate"
+    assert field_of(client.post(url, json={"sampler": "dot"})) == "sampler"
+    other = client.post(url, json={"sampler": "refine", "drs": {"percentile": 90}})
+    assert field_of(other) == "drs"
+    assert "only used with sampler drs, not refine" in other.json()["detail"][0]["message"]
+    bad = client.post(url, json={"sampler": "drs", "drs": {"percentile": 100}})
+    assert field_of(bad) == "drs.percentile"
+    assert field_of(client.post(url, json={"sampler": "refine", "refine": {"steps": 0}})) == (
+        "refine.steps"
+    )
+    # Rejection is bounded: too strict a gamma runs out of proposals and says so.
+    strict = {"sampler": "drs", "drs": {"gamma": 50, "min_acceptance": 0.5}, "format": "npy"}
+    answer = client.post(url, json={"n": 100, **strict})
+    assert field_of(answer) == "drs.min_acceptance"
+    message = answer.json()["detail"][0]["message"]
+    assert f"checkpoint step 4 of job {job}" in message and "of 200 proposals" in message
+
+
 def test_generate_caps_n_by_the_generators_size(
     client: TestClient, run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -297,6 +350,14 @@ def test_generate_caps_n_by_the_generators_size(
     assert client.post(url, json={"n": 50, "format": "npy"}).headers["x-shape"] == "50,2"
     over = client.post(url, json={"n": 51, "format": "npy"})
     assert field_of(over) == "n" and "at most 50" in over.json()["detail"][0]["message"]
+    # Guided samplers make at most 50 x max_n = 2,500 generator forwards a request.
+    drs = client.post(url, json={"n": 50, "format": "npy", "sampler": "drs"})
+    assert drs.status_code == 200, drs.text  # the burn-in shrinks to a fifth: 500
+    assert int(drs.headers["x-sampler-proposals"]) <= 2_000
+    burn = client.post(url, json={"n": 50, "sampler": "drs", "drs": {"burn_in": 2_500}})
+    assert field_of(burn) == "drs.burn_in"
+    refine = client.post(url, json={"n": 50, "sampler": "refine", "refine": {"steps": 51}})
+    assert field_of(refine) == "refine.steps" and "2550" in refine.json()["detail"][0]["message"]
 
 
 def test_generate_refuses_a_tampered_checkpoint(client: TestClient, run: Run) -> None:

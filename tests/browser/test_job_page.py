@@ -204,6 +204,44 @@ def test_gallery_downloads_and_generation_of_a_finished_job(page, live, trained)
     screenshot(page, "job_page_375")
 
 
+def test_the_generate_box_offers_the_guided_samplers(page, live: Service, trained: str):
+    """drs as .npy (the API's bytes for the same request, and a line saying how many
+    proposals it accepted), refine as a PNG beside plain's."""
+    live.wait_for(trained, FINISHED, timeout=120)
+    _ready(page, trained)
+    sampler = page.get_by_label("Sampler", exact=True)
+    assert sampler.input_value() == "plain"
+    assert [o.get_attribute("value") for o in sampler.locator("option").all()] == [
+        "plain",
+        "drs",
+        "refine",
+    ]
+    page.get_by_label("Samples (n)", exact=True).fill("200")
+    page.get_by_label("Seed", exact=True).fill("5")
+    page.get_by_label("Format", exact=True).select_option("npy")
+    sampler.select_option("drs")
+    with page.expect_download() as npy:
+        page.get_by_role("button", name="Generate").click()
+    assert npy.value.suggested_filename == f"{trained}-step_600-seed_5-drs.npy"
+    with live.client() as client:
+        body = {"n": 200, "seed": 5, "format": "npy", "sampler": "drs"}
+        direct = client.post(f"/api/jobs/{trained}/generate", json=body)
+    assert direct.status_code == 200, direct.text
+    assert _downloaded(npy.value) == direct.content
+    report = page.locator("#gen-result .gen-sampler-report").inner_text()
+    assert report.startswith("drs: ") and "proposals accepted" in report
+    assert f"of {int(direct.headers['x-sampler-proposals']):,} proposals" in report
+
+    page.get_by_label("Format", exact=True).select_option("png")
+    sampler.select_option("refine")
+    page.get_by_role("button", name="Generate").click()
+    page.locator("#gen-result .gen-sampler-report", has_text="refine: ").wait_for()
+    page.wait_for_function("() => document.querySelector('#gen-result img')?.naturalWidth > 0")
+    link = page.locator("#gen-result a[download]")
+    assert link.get_attribute("download") == f"{trained}-step_600-seed_5-refine.png"
+    assert page.locator("#gen-error").inner_text() == ""
+
+
 def test_a_leaking_schedule_shows_its_warning_and_the_leak_in_the_audit(page, live):
     schedule = {"order": "d_first", "isolation": "none", "zero_grad": "after"}
     with live.client() as client:

@@ -85,7 +85,10 @@ def test_train_then_generate_the_default_spec(tmp_path):
         "x.npy",
         cwd=tmp_path,
     )
-    assert bad.returncode == 2 and "drs: only used with sampler drs, not plain" in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "--drs-* options: only used with sampler drs, not plain" in bad.stderr
+    )
     bad = ganforge(
         "generate",
         str(ckpt),

@@ -121,7 +121,7 @@ def test_refine_moves_plain_samples_up_the_discriminator():
 
 
 def test_options_of_another_sampler_are_refused_by_name():
-    with pytest.raises(ValidationError, match="drs: only used with sampler drs, not refine"):
+    with pytest.raises(ValidationError, match="only used with sampler drs, not refine"):
         Sampler.model_validate({"sampler": "refine", "drs": {"percentile": 90}})
     with pytest.raises(ValidationError, match="percentile"):
         drs(percentile=100)
