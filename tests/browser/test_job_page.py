@@ -209,6 +209,12 @@ def test_the_generate_box_offers_the_guided_samplers(page, live: Service, traine
     proposals it accepted), refine as a PNG beside plain's."""
     live.wait_for(trained, FINISHED, timeout=120)
     _ready(page, trained)
+    # The evaluation's guided numbers chart beside plain's.
+    for key, names in (("samplers_hq", "eval/hq, "), ("samplers_modes", "eval/modes, ")):
+        chart = page.locator(f"#chart-{key} .chart")
+        chart.wait_for()
+        assert names in chart.get_attribute("aria-label")
+        assert "eval/" + key.split("_")[1] + "_refine" in chart.get_attribute("aria-label")
     sampler = page.get_by_label("Sampler", exact=True)
     assert sampler.input_value() == "plain"
     assert [o.get_attribute("value") for o in sampler.locator("option").all()] == [

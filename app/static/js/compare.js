@@ -15,15 +15,18 @@ const compare = (() => {
   const GROUPS = ["loss/", "d/", "grad_norm/", "audit/", "eval/", "perf/"];
   const KNOWN = [
     "loss/d", "loss/g", "loss/penalty", "d/real", "d/fake", "grad_norm/d", "grad_norm/g",
-    "audit/leak_d", "audit/leak_g", "eval/modes", "eval/hq", "eval/classifier_score", "eval/fcd",
-    "perf/steps_per_s", "perf/samples_per_s",
+    "audit/leak_d", "audit/leak_g", "eval/modes", "eval/hq", "eval/modes_drs", "eval/hq_drs",
+    "eval/drs_acceptance", "eval/modes_refine", "eval/hq_refine", "eval/classifier_score",
+    "eval/fcd", "perf/steps_per_s", "perf/samples_per_s",
   ];
   const Y_LABELS = {
     "loss/d": "D loss", "loss/g": "G loss", "loss/penalty": "penalty",
     "d/real": "mean D logit", "d/fake": "mean D logit",
     "grad_norm/d": "grad norm", "grad_norm/g": "grad norm",
     "audit/leak_d": "foreign / own", "audit/leak_g": "foreign / own",
-    "eval/modes": "modes", "eval/hq": "fraction", "eval/classifier_score": "score",
+    "eval/modes": "modes", "eval/hq": "fraction", "eval/modes_drs": "modes",
+    "eval/hq_drs": "fraction", "eval/drs_acceptance": "fraction", "eval/modes_refine": "modes",
+    "eval/hq_refine": "fraction", "eval/classifier_score": "score",
     "eval/fcd": "FCD", "perf/steps_per_s": "steps/s", "perf/samples_per_s": "samples/s",
   };
 

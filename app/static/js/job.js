@@ -29,6 +29,13 @@
       lineWidth: 2, colors: ["#d1495b", "#e9a03b"], note: auditNote },
     { key: "eval", title: "Evaluation", y: "eval", points: true,
       names: ["eval/modes", "eval/hq", "eval/classifier_score", "eval/fcd", "eval/fid", "eval/kid"] },
+    // The guided samplers beside plain (ring and grid): a sampler that sharpens samples by
+    // dropping modes shows as a lower line on the modes chart.
+    { key: "samplers_hq", title: "High quality by sampler", y: "sampler", points: true,
+      names: ["eval/hq", "eval/hq_drs", "eval/hq_refine"], only: ["eval/hq_drs", "eval/hq_refine"] },
+    { key: "samplers_modes", title: "Modes by sampler", y: "sampler", points: true,
+      names: ["eval/modes", "eval/modes_drs", "eval/modes_refine"],
+      only: ["eval/modes_drs", "eval/modes_refine"] },
     { key: "perf", title: "Throughput", names: ["perf/steps_per_s"], colors: ["#4d7f17"] },
   ];
 
@@ -38,6 +45,11 @@
     log: () => ({ scales: { y: { distr: 3, log: 10 } }, yAxis: { splits: logSplits } }),
     audit: () => ({ scales: { y: { range: auditRange } }, hooks: { drawAxes: [drawZeroLine] } }),
     eval: evalAxes,
+    // One axis for plain's and each sampler's value of one metric.
+    sampler: (names) => ({
+      scales: { y: { range: evalRange(names[0]) } },
+      yAxis: { label: evalLabel(names[0]) },
+    }),
   };
 
   const state = {
@@ -241,8 +253,12 @@
     }
   }
 
+  /** The group's series this job has; none when it has none of the group's `only` names
+   * (the samplers' charts need a guided series, not plain's alone). */
   function present(group) {
-    return group.names.filter((n) => state.series[n] && state.series[n].step.length);
+    const has = (n) => state.series[n] && state.series[n].step.length;
+    if (group.only && !group.only.some(has)) return [];
+    return group.names.filter(has);
   }
 
   /** The group's series on one x axis (gf.align); log axes cannot show values <= 0. */
@@ -339,7 +355,8 @@
     const modes = modeCount();
     if (name === "eval/modes") return modes ? `modes (of ${modes})` : "modes";
     const labels = {
-      "eval/hq": "high-quality fraction", "eval/classifier_score": "classifier score",
+      "eval/hq": "high-quality fraction", "eval/hq_drs": "high-quality fraction (drs)",
+      "eval/hq_refine": "high-quality fraction (refine)", "eval/classifier_score": "classifier score",
       "eval/fcd": "FCD", "eval/fid": "FID", "eval/kid": "KID",
     };
     return labels[name] || name.slice(5);
