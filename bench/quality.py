@@ -66,15 +66,10 @@ def one_run(data: str, seed: int, overrides: dict, threads: int) -> dict:
 def sampler_costs(trainer) -> dict[str, float]:  # noqa: ANN001 - a trainer.training.Trainer
     """Seconds to draw 2,500 samples with each sampler (median of 3), on this thread."""
     from trainer.evaluation import EVAL_SAMPLES
-    from trainer.guided import MAX_CHUNK, SAMPLERS, Networks, Sampler, guided
+    from trainer.guided import SAMPLERS, Sampler, guided
+    from trainer.quality import trainer_networks
 
-    nets = Networks(
-        trainer.sampling_generator,
-        trainer.discriminator,
-        trainer.spec.model.latent_dim,
-        trainer.spec.loss.kind,
-        MAX_CHUNK,
-    )
+    nets = trainer_networks(trainer)
     costs = {}
     for name in SAMPLERS:
         times = []

@@ -16,12 +16,27 @@ from trainer.data import Dataset
 from trainer.spec import TrainSpec
 
 if TYPE_CHECKING:
+    from trainer.guided import Networks
     from trainer.training import Trainer
 
 # Evaluation draws its own noise, apart from the data RNG and the samples' seed.
 EVAL_SEED_OFFSET = 2
 
 Evaluator = Callable[["Trainer"], dict[str, float]]
+
+
+def trainer_networks(trainer: Trainer) -> Networks:
+    """The run's sampling generator (EMA when on) and its current discriminator, for the
+    guided samplers."""
+    from trainer.guided import MAX_CHUNK, Networks
+
+    return Networks(
+        trainer.sampling_generator,
+        trainer.discriminator,
+        trainer.spec.model.latent_dim,
+        trainer.spec.loss.kind,
+        MAX_CHUNK,
+    )
 
 
 def guided_quality(
@@ -32,15 +47,9 @@ def guided_quality(
     run's current discriminator. A sampler that cannot run here (drs on a hinge or
     Wasserstein critic, a flat discriminator, too low an acceptance) adds nothing."""
     from trainer.evaluation import EVAL_SAMPLES, mixture_quality
-    from trainer.guided import MAX_CHUNK, SAMPLERS, Networks, Sampler, SamplerError, guided
+    from trainer.guided import SAMPLERS, Sampler, SamplerError, guided
 
-    nets = Networks(
-        trainer.sampling_generator,
-        trainer.discriminator,
-        trainer.spec.model.latent_dim,
-        trainer.spec.loss.kind,
-        MAX_CHUNK,
-    )
+    nets = trainer_networks(trainer)
     values: dict[str, float] = {}
     for name in SAMPLERS[1:]:
         try:
