@@ -82,7 +82,7 @@ def test_a_running_job_updates_its_charts_live_until_it_succeeds(page, live, tra
     groups = page.locator("#charts .chart-card").evaluate_all(
         "cards => cards.map(c => c.dataset.group)"
     )
-    assert groups == ["loss", "d", "grad", "audit", "eval", "perf"]
+    assert groups == ["loss", "d", "grad", "audit", "eval", "samplers_hq", "samplers_modes", "perf"]
     series = page.evaluate("gfJob.plots.loss.series.slice(1).map(s => s.label)")
     assert series == ["loss/d", "loss/g", "loss/penalty"]
     assert page.evaluate("gfJob.plots.eval.series.slice(1).map(s => s.label)") == [
