@@ -214,6 +214,16 @@ def _scored(nets: Networks, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return torch.cat(samples), torch.cat(logits)
 
 
+@torch.no_grad()
+def _logits(nets: Networks, z: torch.Tensor) -> torch.Tensor:
+    """The float64 logits alone (a burn-in's samples, of images, would not fit in memory)."""
+    _, device = _dtype_device(nets.generator)
+    parts = z.split(nets.chunk)
+    return torch.cat(
+        [nets.discriminator(nets.generator(p.to(device))).double().cpu() for p in parts]
+    )
+
+
 def _drs_f(logits: torch.Tensor, d_max: float) -> torch.Tensor:
     """F(x) without gamma: D(x) - D_M - log(1 - exp(D(x) - D_M - eps))."""
     shifted = logits - d_max
@@ -275,7 +285,7 @@ def _calibrate(
     """D_M and gamma from `burn_in` samples."""
     dtype, _ = _dtype_device(nets.generator)
     z = torch.randn(burn_in, nets.latent, generator=rng, dtype=dtype)
-    _, burn = _scored(nets, z)
+    burn = _logits(nets, z)
     if not bool(torch.isfinite(burn).all()):
         raise SamplerError("sampler: drs cannot run: the discriminator's logits are not finite")
     if float(burn.max() - burn.min()) < FLAT_LOGITS:
