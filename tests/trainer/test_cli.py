@@ -74,47 +74,15 @@ def test_train_then_generate_the_default_spec(tmp_path):
             outs.append(np.load(tmp_path / out))
         assert outs[0].shape == (300, 2) and np.array_equal(outs[0], outs[1])
         assert not np.array_equal(outs[0], np.load(tmp_path / "fresh.npy"))
-    bad = ganforge(
-        "generate",
-        str(ckpt),
-        "--sampler",
-        "plain",
-        "--drs-percentile",
-        "90",
-        "--out",
-        "x.npy",
-        cwd=tmp_path,
-    )
-    assert (
-        bad.returncode == 2
-        and "--drs-* options: only used with sampler drs, not plain" in bad.stderr
-    )
-    bad = ganforge(
-        "generate",
-        str(ckpt),
-        "--sampler",
-        "drs",
-        "--drs-percentile",
-        "120",
-        "--out",
-        "x.npy",
-        cwd=tmp_path,
-    )
-    assert bad.returncode == 2 and "--drs-percentile: " in bad.stderr
-    strict = ganforge(
-        "generate",
-        str(ckpt),
-        "--sampler",
-        "drs",
-        "--drs-gamma",
-        "50",
-        "--drs-min-acceptance",
-        "0.5",
-        "--out",
-        "x.npy",
-        cwd=tmp_path,
-    )
-    assert strict.returncode == 2 and "proposals this request allows" in strict.stderr
+    refused = {
+        "--sampler plain --drs-percentile 90": "--drs-* options: only used with sampler drs, "
+        "not plain",
+        "--sampler drs --drs-percentile 120": "--drs-percentile: ",
+        "--sampler drs --drs-gamma 50 --drs-min-acceptance 0.5": "proposals this request allows",
+    }
+    for options, reason in refused.items():
+        bad = ganforge("generate", str(ckpt), *options.split(), "--out", "x.npy", cwd=tmp_path)
+        assert bad.returncode == 2 and reason in bad.stderr, (options, bad.stderr)
     assert not (tmp_path / "x.npy").exists()
 
     again = ganforge("train", "spec.yaml", "--out", "run", cwd=tmp_path)
