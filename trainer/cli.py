@@ -239,6 +239,7 @@ def _sampler(name: str, options: dict[str, dict[str, float | None]]) -> Sampler:
     from pydantic import ValidationError
 
     from trainer.guided import Sampler
+    from trainer.spec import describe_error
 
     raw: dict[str, object] = {"sampler": name}
     for kind, values in options.items():
@@ -248,12 +249,11 @@ def _sampler(name: str, options: dict[str, dict[str, float | None]]) -> Sampler:
     try:
         return Sampler.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = "-".join(str(p) for p in error["loc"]).replace("_", "-")
-        if where in ("drs", "refine"):  # options given for another sampler
-            where += "-* options"
-        message = error["msg"].removeprefix("Value error, ")
-        fail(f"--{where}: {message}" if error["loc"] else message)
+        field, reason = describe_error(exc.errors()[0])
+        flag = field.replace(".", "-").replace("_", "-")
+        if flag in ("drs", "refine"):  # options given for another sampler
+            flag += "-* options"
+        fail(f"--{flag}: {reason}" if field else reason)
 
 
 def main() -> None:

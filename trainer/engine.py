@@ -45,7 +45,7 @@ from trainer.augment import AugmentParams, augment_for, augmented
 from trainer.batches import CycleBatch, StepStats
 from trainer.data import Dataset
 from trainer.ddp import Rank, average_, no_sync
-from trainer.models import has_spectral_norm, refresh_spectral_norm
+from trainer.models import eval_mode, has_spectral_norm, refresh_spectral_norm
 from trainer.spec import TrainSpec
 
 if TYPE_CHECKING:
@@ -236,13 +236,8 @@ class StepEngine:
         module = self.modules[net]
         shape = (self.spec.model.latent_dim,) if net == "g" else tuple(self.dataset.shape)
         probe = torch.zeros((2, *shape), dtype=self.dtype, device=self.device)
-        was_training = module.training
-        module.eval()
-        try:
-            with self.audit.backward_of(net):
-                (self.ddp[net](probe).sum() * 0.0).backward(inputs=self.params[net])
-        finally:
-            module.train(was_training)
+        with eval_mode(module), self.audit.backward_of(net):
+            (self.ddp[net](probe).sum() * 0.0).backward(inputs=self.params[net])
 
     # ---- losses ---------------------------------------------------------------------------
 

@@ -41,33 +41,29 @@ MAX_GENERATE = 1_000_000
 GENERATE_BUDGET_BYTES = 512 * 1024 * 1024
 
 
-def load_generator(ckpt: Checkpoint) -> tuple[nn.Module, TrainSpec, tuple[int, ...]]:
-    """The checkpoint's generator on the CPU, in its training dtype, EMA weights preferred."""
+def load_networks(
+    ckpt: Checkpoint,
+) -> tuple[nn.Module, nn.Module | None, TrainSpec, tuple[int, ...]]:
+    """The checkpoint's generator (EMA weights preferred) and the discriminator it was
+    trained against (None when the checkpoint holds none), on the CPU in their training
+    dtype, in eval mode with gradients off: they are sampled from, never trained here."""
     spec = TrainSpec.model_validate(ckpt.meta["spec"])
     shape = tuple(int(d) for d in ckpt.meta["data_shape"])
-    generator, _ = build_models(spec.model, shape, seed=spec.seed)
+    generator, discriminator = build_models(spec.model, shape, seed=spec.seed)
+    tensors = ckpt.tensors()  # decoded once for both networks
     prefix = "generator_ema." if "ema" in ckpt.meta else "generator."
-    state = ckpt.tensors(prefix)
-    if not state:
+    loaded = []
+    for module, part in ((generator, prefix), (discriminator, "discriminator.")):
+        state = {k[len(part) :]: v for k, v in tensors.items() if k.startswith(part)}
+        if not state:
+            loaded.append(None)
+            continue
+        module = module.to(next(iter(state.values())).dtype)
+        module.load_state_dict(state)
+        loaded.append(module.eval().requires_grad_(False))
+    if loaded[0] is None:
         raise CheckpointError(f"checkpoint: holds no tensors under {prefix!r}")
-    dtype = next(iter(state.values())).dtype
-    generator = generator.to(dtype)
-    generator.load_state_dict(state)
-    return generator, spec, shape
-
-
-def load_discriminator(
-    ckpt: Checkpoint, spec: TrainSpec, shape: tuple[int, ...]
-) -> nn.Module | None:
-    """The checkpoint's discriminator as trained, on the CPU, gradients off (never trained
-    here); None when the checkpoint holds none."""
-    state = ckpt.tensors("discriminator.")
-    if not state:
-        return None
-    _, discriminator = build_models(spec.model, shape, seed=spec.seed)
-    discriminator = discriminator.to(next(iter(state.values())).dtype)
-    discriminator.load_state_dict(state)
-    return discriminator.eval().requires_grad_(False)
+    return loaded[0], loaded[1], spec, shape
 
 
 @dataclass
@@ -89,14 +85,12 @@ class LoadedGenerator:
     def of(cls, ckpt: Checkpoint) -> LoadedGenerator:
         """Build it; a CheckpointError names why a checkpoint holds no usable generator."""
         try:
-            generator, spec, shape = load_generator(ckpt)
-            discriminator = load_discriminator(ckpt, spec, shape)
+            generator, discriminator, spec, shape = load_networks(ckpt)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             # CheckpointError is a ValueError; RuntimeError: tensors that do not fit the model.
             raise CheckpointError(
                 f"checkpoint: cannot build its generator: {first_line(exc)}"
             ) from None
-        generator.eval().requires_grad_(False)
         return cls(generator, spec, shape, ckpt.step, discriminator)
 
     @property
@@ -138,9 +132,9 @@ class LoadedGenerator:
         fake, report = guided(nets, n, seed=seed, sampler=sampler)
         return fake.float().numpy(), report
 
-    def array(self, n: int, *, seed: int = 0, sampler: Sampler | None = None) -> np.ndarray:
-        """`sample`'s array alone."""
-        return self.sample(n, seed=seed, sampler=sampler)[0]
+    def array(self, n: int, *, seed: int = 0) -> np.ndarray:
+        """Plain samples alone (`sample`'s array)."""
+        return self.sample(n, seed=seed)[0]
 
     def png(
         self,
@@ -217,18 +211,9 @@ class GeneratorCache:
         return loaded
 
 
-def generate_array(
-    ckpt: Checkpoint, n: int, *, seed: int = 0, sampler: Sampler | None = None
-) -> np.ndarray:
+def generate_array(ckpt: Checkpoint, n: int, *, seed: int = 0) -> np.ndarray:
     """(n, D) for vector data, (n, C, H, W) for images, as float32."""
-    return LoadedGenerator.of(ckpt).array(n, seed=seed, sampler=sampler)
-
-
-def generate_png(
-    ckpt: Checkpoint, n: int, *, seed: int = 0, sampler: Sampler | None = None
-) -> bytes:
-    """A grid (images) or a scatter over the real data (vectors) of n fresh samples."""
-    return LoadedGenerator.of(ckpt).png(n, seed=seed, sampler=sampler)[0]
+    return LoadedGenerator.of(ckpt).array(n, seed=seed)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,6 +35,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
+
+from trainer.models import eval_mode
 
 SamplerName = Literal["plain", "drs", "refine"]
 SAMPLERS: tuple[SamplerName, ...] = ("plain", "drs", "refine")
@@ -180,48 +183,24 @@ def guided(
     raise SamplerError(f"sampler: {sampler.sampler!r} is not a guided sampler")
 
 
-class _EvalMode:
-    """Both networks in eval mode inside the block, as they were after it."""
-
-    def __init__(self, *modules: nn.Module) -> None:
-        self.modules = modules
-        self.was: list[bool] = []
-
-    def __enter__(self) -> None:
-        self.was = [m.training for m in self.modules]
-        for m in self.modules:
-            m.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for m, was in zip(self.modules, self.was, strict=True):
-            m.train(was)
-
-
 def _dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
     param = next(module.parameters())
     return param.dtype, param.device
 
 
 @torch.no_grad()
-def _scored(nets: Networks, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunks(nets: Networks, z: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(samples, float64 logits on the CPU) of latents z, a chunk at a time."""
     _, device = _dtype_device(nets.generator)
-    samples, logits = [], []
     for part in z.split(nets.chunk):
         x = nets.generator(part.to(device))
-        samples.append(x)
-        logits.append(nets.discriminator(x).double().cpu())
+        yield x, nets.discriminator(x).double().cpu()
+
+
+def _scored(nets: Networks, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(samples, logits) of latents z."""
+    samples, logits = zip(*_chunks(nets, z), strict=True)
     return torch.cat(samples), torch.cat(logits)
-
-
-@torch.no_grad()
-def _logits(nets: Networks, z: torch.Tensor) -> torch.Tensor:
-    """The float64 logits alone (a burn-in's samples, of images, would not fit in memory)."""
-    _, device = _dtype_device(nets.generator)
-    parts = z.split(nets.chunk)
-    return torch.cat(
-        [nets.discriminator(nets.generator(p.to(device))).double().cpu() for p in parts]
-    )
 
 
 def _drs_f(logits: torch.Tensor, d_max: float) -> torch.Tensor:
@@ -249,7 +228,7 @@ def _drs(
     started = time.perf_counter()
     rng = torch.Generator().manual_seed(seed)
     budget = min(nets.max_forwards - burn_in, math.ceil(n / options.min_acceptance))
-    with _EvalMode(nets.generator, nets.discriminator):
+    with eval_mode(nets.generator, nets.discriminator):
         d_max, gamma = _calibrate(nets, rng, burn_in, options)
         draw = _Draw()
         while draw.accepted < n and draw.proposals < budget:
@@ -285,7 +264,8 @@ def _calibrate(
     """D_M and gamma from `burn_in` samples."""
     dtype, _ = _dtype_device(nets.generator)
     z = torch.randn(burn_in, nets.latent, generator=rng, dtype=dtype)
-    burn = _logits(nets, z)
+    # Logits alone: a burn-in's samples, of images, would not fit in memory.
+    burn = torch.cat([logits for _, logits in _chunks(nets, z)])
     if not bool(torch.isfinite(burn).all()):
         raise SamplerError("sampler: drs cannot run: the discriminator's logits are not finite")
     if float(burn.max() - burn.min()) < FLAT_LOGITS:
@@ -344,7 +324,7 @@ def _refine(
     z_all = torch.randn(n, nets.latent, generator=rng, dtype=dtype)
     out, before, after = [], [], []
     moved = False
-    with _EvalMode(nets.generator, nets.discriminator):
+    with eval_mode(nets.generator, nets.discriminator):
         for part in z_all.split(nets.chunk):
             z = part.to(device)
             for step in range(options.steps):

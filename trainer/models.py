@@ -8,6 +8,8 @@ once-per-optimizer-step parametrization (`trainer.spectral`, re-exported here).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -19,6 +21,7 @@ from trainer.spectral import SpectralNorm, has_spectral_norm, refresh_spectral_n
 __all__ = [
     "SpectralNorm",
     "build_models",
+    "eval_mode",
     "has_spectral_norm",
     "refresh_spectral_norm",
     "spectral",
@@ -135,6 +138,19 @@ class ConvDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(x).flatten(1)).squeeze(1)
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """The modules in eval mode inside the block, each back in the mode it had after it."""
+    was = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, training in zip(modules, was, strict=True):
+            m.train(training)
 
 
 def build_models(cfg: Model, shape: tuple[int, ...], *, seed: int) -> tuple[nn.Module, nn.Module]:

@@ -71,13 +71,13 @@ def evaluator_for(spec: TrainSpec, dataset: Dataset) -> Evaluator | None:
     if dataset.centres is not None:
         from trainer.evaluation import EVAL_SAMPLES, mixture_quality
 
-        centres, std = dataset.centres, dataset.std
+        centres, std = dataset.centres.double().cpu(), dataset.std
 
         def mixture(trainer: Trainer) -> dict[str, float]:
             seed = spec.seed + EVAL_SEED_OFFSET
             fake = trainer.generate(EVAL_SAMPLES, seed)
-            values = mixture_quality(fake.double().cpu(), centres.double().cpu(), std)
-            return values | guided_quality(trainer, seed, centres.double().cpu(), std)
+            values = mixture_quality(fake.double().cpu(), centres, std)
+            return values | guided_quality(trainer, seed, centres, std)
 
         return mixture
     if dataset.kind == "digits":

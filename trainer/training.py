@@ -19,7 +19,7 @@ from trainer.data import Dataset, check_model_fits, load_dataset
 from trainer.ddp import AllReduceCounter, Rank, any_rank, rank_device, wrap
 from trainer.engine import StepEngine
 from trainer.fid import EvaluationUnavailable
-from trainer.models import build_models
+from trainer.models import build_models, eval_mode
 from trainer.optim import build_optimizer, set_decayed_lr
 from trainer.quality import Evaluator, evaluator_for
 from trainer.sinks import Sinks
@@ -306,13 +306,8 @@ def generate_from(generator: nn.Module, n: int, *, seed: int, latent: int) -> to
     """n samples from `generator` in eval mode with noise from `seed`; leaves its mode as it was."""
     param = next(generator.parameters())
     noise = torch.randn(n, latent, generator=torch.Generator().manual_seed(seed), dtype=param.dtype)
-    was_training = generator.training
-    generator.eval()
-    try:
-        with torch.no_grad():
-            return generator(noise.to(param.device))
-    finally:
-        generator.train(was_training)
+    with eval_mode(generator), torch.no_grad():
+        return generator(noise.to(param.device))
 
 
 def _checked_rank(spec: TrainSpec, rank: Rank) -> Rank:

@@ -365,10 +365,17 @@ def get_checkpoint(
 # ---- generation ---------------------------------------------------------------------------
 
 
-def _n_error(n: int, message: str) -> RequestValidationError:
+def _field_error(
+    field: str, message: str, value: object, kind: str = "value_error"
+) -> RequestValidationError:
+    """A 422 for the body's `field` (dotted: `drs.min_acceptance`), as FastAPI's own are."""
     return RequestValidationError(
-        [{"type": "less_than_equal", "loc": ("body", "n"), "msg": message, "input": n}]
+        [{"type": kind, "loc": ("body", *field.split(".")), "msg": message, "input": value}]
     )
+
+
+def _n_error(n: int, message: str) -> RequestValidationError:
+    return _field_error("n", message, n, "less_than_equal")
 
 
 @dataclass
@@ -473,16 +480,8 @@ async def generate(
             limiter=_limiter(request.app),
         )
     except SamplerError as exc:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ("body", *exc.field.split(".")),
-                    "msg": f"{name}: {str(exc).removeprefix('sampler: ')}",
-                    "input": body.sampler,
-                }
-            ]
-        ) from None
+        message = f"{name}: {str(exc).removeprefix('sampler: ')}"
+        raise _field_error(exc.field, message, body.sampler) from None
     except (CheckpointError, StoreError) as exc:
         raise HTTPException(409, f"{name}: {str(exc).removeprefix('checkpoint: ')}") from None
     headers: dict[str, str] = {
