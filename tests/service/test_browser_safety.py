@@ -89,6 +89,12 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
             sample = client.get(f"/api/jobs/{done}/samples").json()["items"][0]["id"]
             step = client.get(f"/api/jobs/{done}/checkpoints").json()["items"][-1]["step"]
             sweep = client.post("/api/sweeps", json=QUEUED_SWEEP).json()["id"]
+            # The sweep's controller enqueues its first trial on a later pass: wait for it, so
+            # that no test's before/after snapshot can see the trial appear in between.
+            deadline = time.monotonic() + 60
+            while not client.get(f"/api/sweeps/{sweep}").json()["trials"]:
+                assert time.monotonic() < deadline, "the sweep enqueued no trial in 60 s"
+                time.sleep(0.2)
         yield Seeded(service, done, queued, dataset, str(sample), int(step), sweep)
 
 
