@@ -70,6 +70,31 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextmanager
+def serving_process(
+    argv: list[str], *, ready: str, log: Path, env: dict[str, str] | None = None
+) -> Iterator[None]:
+    """Run a server program (Flower, Prometheus) until the block ends; enter once `ready`
+    (a URL of it) answers 200, failing with its log if it exits or takes over 60 s."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx2.get(ready, timeout=2).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def _redis_url() -> str:
     import redis
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,14 @@ from typing import Any
 
 import httpx2
 
-from tests.service.conftest import ROOT, Service, running_service, tiny_spec
+from tests.service.conftest import (
+    ROOT,
+    Service,
+    _free_port,
+    running_service,
+    serving_process,
+    tiny_spec,
+)
 
 LONG = tiny_spec(steps=200_000, every={"metrics": 50, "samples": 100_000, "checkpoint": 100_000})
 
@@ -92,39 +98,15 @@ def _serves(worker: dict[str, Any], service: Service) -> bool:
     return any(q["name"].startswith(prefix) for q in worker.get("active_queues") or [])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def _flower(service: Service, workdir: Path) -> Iterator[str]:
     port = _free_port()
-    env = {**service.env, "FLOWER_UNAUTHENTICATED_API": "true"}
-    log = workdir / "flower.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower",
-             f"--port={port}", "--address=127.0.0.1", "--persistent=False"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx2.get(url + "/healthcheck", timeout=2).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower",
+            f"--port={port}", "--address=127.0.0.1", "--persistent=False"]  # fmt: skip
+    env = {**service.env, "FLOWER_UNAUTHENTICATED_API": "true"}
+    with serving_process(argv, ready=url + "/healthcheck", log=workdir / "flower.log", env=env):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _poll(fetch: Any, ok: Any, timeout: float = 60) -> Any:

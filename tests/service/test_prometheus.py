@@ -3,8 +3,6 @@ answers queries on the API's own request counters and the job gauges."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,14 +11,14 @@ from typing import Any
 
 import httpx2
 
-from tests.service.conftest import Service, running_service, tiny_spec
+from tests.service.conftest import (
+    Service,
+    _free_port,
+    running_service,
+    serving_process,
+    tiny_spec,
+)
 from tests.services import require_tool
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -34,30 +32,11 @@ def _prometheus(target: str, workdir: Path) -> Iterator[str]:
         "    metrics_path: /metrics\n"
         f"    static_configs: [{{targets: ['{target}']}}]\n"
     )
-    port = _free_port()
-    log = workdir / "prometheus.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx2.get(url + "/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+    url = f"http://127.0.0.1:{_free_port()}"
+    argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address={url.removeprefix('http://')}"]  # fmt: skip
+    with serving_process(argv, ready=url + "/-/ready", log=workdir / "prometheus.log"):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _query(prometheus: str, promql: str, want: Any, timeout: float = 60) -> list[dict]:
