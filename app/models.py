@@ -138,6 +138,9 @@ class Job(Base):
     trial_params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     pruned_at: Mapped[int | None] = mapped_column(Integer)
     prune_rule: Mapped[str | None] = mapped_column(String(200))
+    # When a checkpoint was last recorded that no retention pass has finished with since
+    # (app.retention.apply clears it); the reconciler retries a finished job's pass while set.
+    retention_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     if TYPE_CHECKING:
         # Bytes of its checkpoints and samples in the store (set below, once they exist).

@@ -16,6 +16,9 @@ GANFORGE_RECONCILE_EVERY_SECONDS):
 
 3. With the artifact store given, files of deleted checkpoints whose grace period has
    passed are deleted (app.retention.collect_trash), completing what a crash interrupted.
+4. With the store given, a finished job whose last retention pass did not finish (the
+   worker's pass at the job's end failed: a database or store outage) gets its policy
+   applied again (app.retention.apply), a few jobs a pass, until one succeeds.
 
 Every change is a conditional UPDATE, so several reconcilers can run at once.
 """
@@ -29,7 +32,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, select, update
 
 from app import jobs, queue, retention
-from app.models import Job, JobStatus, utcnow
+from app.models import FINISHED, Job, JobStatus, utcnow
 from app.settings import Settings
 from app.store import ArtifactStore
 
@@ -43,9 +46,17 @@ class Report:
     cancelled: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
     trashed: int = 0  # files of deleted checkpoints removed from the store
+    retained: list[str] = field(default_factory=list)  # finished jobs whose policy was applied
 
     def __bool__(self) -> bool:
-        return bool(self.requeued or self.failed or self.cancelled or self.resent or self.trashed)
+        return bool(
+            self.requeued
+            or self.failed
+            or self.cancelled
+            or self.resent
+            or self.trashed
+            or self.retained
+        )
 
 
 def reconcile(engine: Engine, settings: Settings, store: ArtifactStore | None = None) -> Report:
@@ -80,9 +91,34 @@ def reconcile(engine: Engine, settings: Settings, store: ArtifactStore | None = 
             report.trashed = len(retention.collect_trash(engine, store, now))
         except Exception:  # noqa: BLE001 - the trash waits for the next pass
             log.exception("reconcile: collecting the artifact trash failed")
+        _retain_finished(engine, settings, store, report, now)
     if report:
         log.warning("reconciled: %s", report)
     return report
+
+
+# Finished jobs whose retention pass is retried in one reconciler pass, oldest due first: a
+# store outage costs each pass this many failing attempts, not one per finished job.
+RETAIN_PER_PASS = 5
+
+
+def _retain_finished(
+    engine: Engine, settings: Settings, store: ArtifactStore, report: Report, now: datetime
+) -> None:
+    with engine.connect() as conn:
+        due = conn.scalars(
+            select(Job.id)
+            .where(Job.status.in_(FINISHED), Job.retention_due_at.is_not(None))
+            .order_by(Job.retention_due_at)
+            .limit(RETAIN_PER_PASS)
+        ).all()
+    for job_id in due:
+        try:
+            retention.apply(engine, store, job_id, settings, now=now)
+        except Exception:  # noqa: BLE001 - still due: the next pass tries again
+            log.exception("reconcile: job %s: the retention pass failed", job_id)
+        else:
+            report.retained.append(job_id)
 
 
 def _log_expired(job_id: str, status: str) -> None:

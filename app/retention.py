@@ -309,6 +309,7 @@ def apply(
         job = session.get(Job, job_id)
         if job is None:
             return None
+        due = job.retention_due_at
         planned = plan(session, job, settings)
     doomed = [e.step for e in planned.deleted]
     if doomed:
@@ -317,6 +318,15 @@ def apply(
             gone = trash_checkpoints(conn, job_id, doomed, delete_after)
         log.info("job %s: retention deleted the checkpoints of steps %s", job_id, gone)
     collect_trash(engine, store, now)
+    if due is not None:
+        # Done with the checkpoints up to `due`; one recorded since (a resumed job) keeps the
+        # pass due.
+        with engine.begin() as conn:
+            conn.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.retention_due_at == due)
+                .values(retention_due_at=None)
+            )
     return planned
 
 
@@ -324,7 +334,8 @@ def apply_quietly(
     engine: Engine, store: ArtifactStore, job_id: str, settings: Settings | None = None
 ) -> None:
     """`apply` for the worker: an error is logged, never raised (retention must not fail a
-    job; the next checkpoint, the job's end or the reconciler tries again)."""
+    job; the next checkpoint, the job's end or, once the job has finished, the reconciler
+    tries again: the job's `retention_due_at` stays set until a pass succeeds)."""
     try:
         apply(engine, store, job_id, settings or get_settings())
     except Exception:  # noqa: BLE001 - logged; the training goes on

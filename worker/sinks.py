@@ -21,7 +21,7 @@ from app.db import retry_transient
 from app.jobs import LEASE, fence
 from app.metricstore import insert_points
 from app.models import Checkpoint as CheckpointRow
-from app.models import Job, Sample
+from app.models import Job, Sample, utcnow
 from app.retention import untrash
 from app.store import ArtifactStore
 from trainer.checkpoint import Checkpoint, CheckpointRecord
@@ -178,6 +178,9 @@ class StoreCheckpoints(_LeasedSink):
                     sidecar_size=sidecar_size,
                 )
             )
+            # Due until a retention pass finishes with it (the reconciler retries a finished
+            # job's pass that failed, e.g. in a database outage at the job's end).
+            conn.execute(update(Job).where(Job.id == self.job_id).values(retention_due_at=utcnow()))
             return record
 
         self._write(body)

@@ -8,14 +8,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, update
 
 from app import retention
 from app.db import make_engine, upgrade
-from app.models import ArtifactTrash, Checkpoint, Job, MetricPoint
+from app.models import ArtifactTrash, Checkpoint, Job, MetricPoint, utcnow
+from app.reconcile import reconcile
 from app.settings import get_settings
 from app.store import ArtifactStore, FileStore
 from app.stores import open_store
@@ -174,3 +176,68 @@ def test_an_error_in_retention_never_fails_the_job(engine, store, monkeypatch, c
     assert "job safe: the retention pass failed" in caplog.text
     assert "the trash is on fire" in caplog.text
     assert _rows(engine, "safe") == list(range(10, STEPS + 1, 10))  # nothing deleted
+
+
+def _due(engine: Engine, job_id: str) -> Any:
+    with engine.connect() as conn:
+        return conn.scalar(select(Job.retention_due_at).where(Job.id == job_id))
+
+
+def test_a_pass_that_failed_at_the_jobs_end_is_finished_by_the_reconciler(
+    engine, store, monkeypatch
+):
+    """A database or store outage as the job ends leaves its checkpoints over the policy;
+    the reconciler applies the policy then, once, and forgets the job."""
+    _queued(engine, "late", retention=POLICY)
+    _queued(engine, "fine", retention=POLICY)
+    real = retention.apply
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(retention, "apply", down)
+    assert run_job("late", engine=engine, store=store) == "succeeded"
+    monkeypatch.setattr(retention, "apply", real)
+    assert run_job("fine", engine=engine, store=store) == "succeeded"
+    every = list(range(10, STEPS + 1, 10))
+    assert _rows(engine, "late") == every and _due(engine, "late") is not None
+    assert _due(engine, "fine") is None  # its passes succeeded: nothing left to do
+
+    settings = get_settings()
+    monkeypatch.setattr(retention, "apply", down)  # the outage is not over yet
+    failing = reconcile(engine, settings, store)
+    assert failing.retained == [] and _due(engine, "late") is not None
+    monkeypatch.setattr(retention, "apply", real)
+
+    done = reconcile(engine, settings, store)
+    assert done.retained == ["late"]
+    kept = _rows(engine, "late")
+    assert kept == _expected(engine, "late") and len(kept) < len(every)
+    assert _files(store, "late") == _paths("late", kept)
+    assert _due(engine, "late") is None
+    assert reconcile(engine, settings, store).retained == []  # once
+
+
+def test_a_checkpoint_recorded_during_a_pass_keeps_the_pass_due(engine, store, monkeypatch):
+    """apply clears only the mark it read: a checkpoint recorded meanwhile (a resumed job
+    on another worker) leaves the job due for the next pass."""
+    _queued(engine, "busy", retention=POLICY)
+    assert run_job("busy", engine=engine, store=store) == "succeeded"
+    assert _due(engine, "busy") is None
+    settings = get_settings()
+    first, second = utcnow() - timedelta(seconds=5), utcnow()
+    with engine.begin() as conn:
+        conn.execute(update(Job).where(Job.id == "busy").values(retention_due_at=first))
+    real_plan = retention.plan
+
+    def meanwhile(session: Any, job: Job, settings_: Any) -> Any:
+        with engine.begin() as conn:  # another worker records a checkpoint now
+            conn.execute(update(Job).where(Job.id == "busy").values(retention_due_at=second))
+        return real_plan(session, job, settings_)
+
+    monkeypatch.setattr(retention, "plan", meanwhile)
+    retention.apply(engine, store, "busy", settings)
+    assert _due(engine, "busy") == second
+    monkeypatch.setattr(retention, "plan", real_plan)
+    retention.apply(engine, store, "busy", settings)
+    assert _due(engine, "busy") is None
