@@ -25,6 +25,7 @@ Every change is a conditional UPDATE, so several reconcilers can run at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -98,7 +99,8 @@ def reconcile(engine: Engine, settings: Settings, store: ArtifactStore | None = 
 
 
 # Finished jobs whose retention pass is retried in one reconciler pass, oldest due first: a
-# store outage costs each pass this many failing attempts, not one per finished job.
+# store outage costs each pass this many failing attempts, not one per finished job. A job
+# whose pass fails goes to the back of the line, so one that always fails blocks no other.
 RETAIN_PER_PASS = 5
 
 
@@ -115,8 +117,15 @@ def _retain_finished(
     for job_id in due:
         try:
             retention.apply(engine, store, job_id, settings, now=now)
-        except Exception:  # noqa: BLE001 - still due: the next pass tries again
+        except Exception:  # noqa: BLE001 - still due: a later pass tries again
             log.exception("reconcile: job %s: the retention pass failed", job_id)
+            with contextlib.suppress(Exception):  # the database down too: it stays where it is
+                with engine.begin() as conn:
+                    conn.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.retention_due_at.is_not(None))
+                        .values(retention_due_at=now)
+                    )
         else:
             report.retained.append(job_id)
 

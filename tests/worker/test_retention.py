@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, insert, select, update
 
+from app import reconcile as reconcile_module
 from app import retention
 from app.db import make_engine, upgrade
 from app.models import ArtifactTrash, Checkpoint, Job, MetricPoint, utcnow
@@ -216,6 +217,33 @@ def test_a_pass_that_failed_at_the_jobs_end_is_finished_by_the_reconciler(
     assert _files(store, "late") == _paths("late", kept)
     assert _due(engine, "late") is None
     assert reconcile(engine, settings, store).retained == []  # once
+
+
+def test_a_job_whose_pass_always_fails_does_not_block_the_others(engine, store, monkeypatch):
+    _queued(engine, "stuck", retention=POLICY)
+    _queued(engine, "next", retention=POLICY)
+    real = retention.apply
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(retention, "apply", down)
+    for job_id in ("stuck", "next"):
+        assert run_job(job_id, engine=engine, store=store) == "succeeded"
+    assert _due(engine, "stuck") < _due(engine, "next")  # "stuck" is first in line
+
+    def stuck_fails(engine_: Engine, store_: ArtifactStore, job_id: str, settings, **kw):  # type: ignore[no-untyped-def]
+        if job_id == "stuck":
+            raise RuntimeError("this job's rows are broken")
+        return real(engine_, store_, job_id, settings, **kw)
+
+    monkeypatch.setattr(retention, "apply", stuck_fails)
+    monkeypatch.setattr(reconcile_module, "RETAIN_PER_PASS", 1)
+    settings = get_settings()
+    assert reconcile(engine, settings, store).retained == []  # "stuck" failed: to the back
+    assert reconcile(engine, settings, store).retained == ["next"]
+    assert _due(engine, "next") is None and _due(engine, "stuck") is not None
+    assert _rows(engine, "next") == _expected(engine, "next")
 
 
 def test_a_checkpoint_recorded_during_a_pass_keeps_the_pass_due(engine, store, monkeypatch):
