@@ -184,28 +184,35 @@ def _due(engine: Engine, job_id: str) -> Any:
         return conn.scalar(select(Job.retention_due_at).where(Job.id == job_id))
 
 
+def _down(*args: Any, **kwargs: Any) -> None:
+    raise RuntimeError("the database went away")
+
+
+def _run_while_retention_is_down(engine, store, monkeypatch, *job_ids: str) -> None:  # type: ignore[no-untyped-def]
+    """Queue and run the jobs (one after the other) with every retention pass failing."""
+    real = retention.apply
+    monkeypatch.setattr(retention, "apply", _down)
+    for job_id in job_ids:
+        _queued(engine, job_id, retention=POLICY)
+        assert run_job(job_id, engine=engine, store=store) == "succeeded"
+    monkeypatch.setattr(retention, "apply", real)
+
+
 def test_a_pass_that_failed_at_the_jobs_end_is_finished_by_the_reconciler(
     engine, store, monkeypatch
 ):
     """A database or store outage as the job ends leaves its checkpoints over the policy;
     the reconciler applies the policy then, once, and forgets the job."""
-    _queued(engine, "late", retention=POLICY)
-    _queued(engine, "fine", retention=POLICY)
+    _run_while_retention_is_down(engine, store, monkeypatch, "late")
     real = retention.apply
-
-    def down(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("the database went away")
-
-    monkeypatch.setattr(retention, "apply", down)
-    assert run_job("late", engine=engine, store=store) == "succeeded"
-    monkeypatch.setattr(retention, "apply", real)
+    _queued(engine, "fine", retention=POLICY)
     assert run_job("fine", engine=engine, store=store) == "succeeded"
     every = list(range(10, STEPS + 1, 10))
     assert _rows(engine, "late") == every and _due(engine, "late") is not None
     assert _due(engine, "fine") is None  # its passes succeeded: nothing left to do
 
     settings = get_settings()
-    monkeypatch.setattr(retention, "apply", down)  # the outage is not over yet
+    monkeypatch.setattr(retention, "apply", _down)  # the outage is not over yet
     failing = reconcile(engine, settings, store)
     assert failing.retained == [] and _due(engine, "late") is not None
     monkeypatch.setattr(retention, "apply", real)
@@ -220,16 +227,8 @@ def test_a_pass_that_failed_at_the_jobs_end_is_finished_by_the_reconciler(
 
 
 def test_a_job_whose_pass_always_fails_does_not_block_the_others(engine, store, monkeypatch):
-    _queued(engine, "stuck", retention=POLICY)
-    _queued(engine, "next", retention=POLICY)
+    _run_while_retention_is_down(engine, store, monkeypatch, "stuck", "next")
     real = retention.apply
-
-    def down(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("the database went away")
-
-    monkeypatch.setattr(retention, "apply", down)
-    for job_id in ("stuck", "next"):
-        assert run_job(job_id, engine=engine, store=store) == "succeeded"
     assert _due(engine, "stuck") < _due(engine, "next")  # "stuck" is first in line
 
     def stuck_fails(engine_: Engine, store_: ArtifactStore, job_id: str, settings, **kw):  # type: ignore[no-untyped-def]
